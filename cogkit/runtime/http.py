@@ -1,0 +1,157 @@
+"""Routes of the in-container HTTP server, compatible with Cog's on port 5000.
+Parsing and formatting only: the lifecycle lives in runner.py."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from cogkit import __version__
+from cogkit.inputs import InputValidationError, validate_input
+from cogkit.runtime.runner import Busy, NotReady, Prediction, Runner
+from cogkit.runtime.webhooks import EVENTS
+
+MODES = {"predictions": "predict", "trainings": "train"}
+
+
+def _error(status: int, detail: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _invalid(loc: list[Any], msg: str, kind: str = "value_error") -> JSONResponse:
+    return _error(422, [{"loc": loc, "msg": msg, "type": kind}])
+
+
+def create_app(runner: Runner, openapi: dict[str, Any]) -> FastAPI:
+    app = FastAPI(title="Cog", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.runner = runner
+    surfaces = ["predictions"] + (["trainings"] if runner.train_ref else [])
+
+    @app.get("/")
+    async def discovery() -> dict[str, Any]:
+        links = {"cog_version": __version__, "openapi_url": "/openapi.json", "shutdown_url": "/shutdown",
+                 "healthcheck_url": "/health-check"}
+        for surface in surfaces:
+            links[f"{surface}_url"] = f"/{surface}"
+            links[f"{surface}_idempotent_url"] = f"/{surface}/{{{surface[:-1]}_id}}"
+            links[f"{surface}_cancel_url"] = f"/{surface}/{{{surface[:-1]}_id}}/cancel"
+        return links
+
+    @app.get("/health-check")
+    async def health_check() -> dict[str, Any]:
+        status = await runner.check_health()
+        setup = runner.setup
+        return {"status": status, "error": runner.error if status != "READY" else None,
+                "setup": {"started_at": setup.started_at, "completed_at": setup.completed_at,
+                          "logs": setup.logs, "status": setup.status},
+                "concurrency": {"max": runner.slots, "current": len(runner.running)}}
+
+    @app.get("/openapi.json")
+    async def openapi_document() -> dict[str, Any]:
+        return openapi
+
+    @app.post("/shutdown")
+    async def shutdown() -> dict[str, Any]:
+        # uvicorn turns SIGTERM into a graceful stop, which stops the worker too.
+        asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+        return {}
+
+    for surface in surfaces:
+        _add_prediction_routes(app, runner, openapi, surface)
+    return app
+
+
+def _add_prediction_routes(app: FastAPI, runner: Runner, openapi: dict[str, Any], surface: str) -> None:
+    mode = MODES[surface]
+
+    async def create(request: Request, prediction_id: str | None = None) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _invalid(["body"], "request body must be a JSON object", "json_invalid")
+        if not isinstance(body, dict):
+            return _invalid(["body"], "request body must be a JSON object", "dict_type")
+        if prediction_id is not None:
+            if body.get("id") not in (None, prediction_id):
+                return _invalid(["body", "id"], f"id in the body ({body['id']!r}) differs from the URL ({prediction_id!r})")
+            existing = runner.predictions.get(prediction_id)
+            if existing is not None:  # idempotent: same id, same prediction
+                return await _respond(request, existing, runner)
+        prediction_or_error = _parse_request(body, openapi, mode, prediction_id or runner.new_id())
+        if isinstance(prediction_or_error, JSONResponse):
+            return prediction_or_error
+        try:
+            prediction = await runner.submit(prediction_or_error)
+        except NotReady as e:
+            return _error(503, f"Model is not ready: {e}")
+        except Busy as e:
+            return _error(409, str(e))
+        return await _respond(request, prediction, runner)
+
+    async def cancel(prediction_id: str) -> Response:
+        if not runner.cancel(prediction_id):
+            return _error(404, f"no {surface[:-1]} with id {prediction_id!r}")
+        return JSONResponse({})
+
+    app.add_api_route(f"/{surface}", create, methods=["POST"])
+    app.add_api_route(f"/{surface}/{{prediction_id}}", create, methods=["PUT"])
+    app.add_api_route(f"/{surface}/{{prediction_id}}/cancel", cancel, methods=["POST"])
+
+
+def _parse_request(body: dict[str, Any], openapi: dict[str, Any], mode: str, prediction_id: str) -> Prediction | JSONResponse:
+    errors: list[dict[str, Any]] = []
+    try:
+        clean_input = validate_input(openapi, body.get("input") or {}, mode)
+    except InputValidationError as e:
+        errors += e.errors
+    events_filter = body.get("webhook_events_filter")
+    if events_filter is not None and (not isinstance(events_filter, list) or any(e not in EVENTS for e in events_filter)):
+        errors.append({"loc": ["body", "webhook_events_filter"], "msg": f"must be a list of {', '.join(EVENTS)}",
+                       "type": "enum"})
+    for key in ("webhook", "output_file_prefix"):
+        if body.get(key) is not None and not str(body[key]).startswith(("http://", "https://")):
+            errors.append({"loc": ["body", key], "msg": "must be an http(s) URL", "type": "url_type"})
+    context = body.get("context") or {}
+    if not isinstance(context, dict):
+        errors.append({"loc": ["body", "context"], "msg": "must be an object", "type": "dict_type"})
+    if errors:
+        return JSONResponse({"detail": errors}, status_code=422)
+    return Prediction(id=prediction_id, input=clean_input, mode=mode, webhook=body.get("webhook"),
+                      webhook_events_filter=events_filter, output_file_prefix=body.get("output_file_prefix"),
+                      context=context)
+
+
+async def _respond(request: Request, prediction: Prediction, runner: Runner) -> Response:
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(_event_stream(prediction), media_type="text/event-stream")
+    if request.headers.get("prefer") == "respond-async":
+        return JSONResponse(prediction.response(), status_code=202)
+    await prediction.done.wait()
+    return JSONResponse(prediction.response())
+
+
+async def _event_stream(prediction: Prediction) -> AsyncIterator[bytes]:
+    """Server-sent events: each output item and log chunk as it is produced,
+    then the completed prediction. Items produced before the client subscribed
+    are replayed first, so nothing is missed."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    if isinstance(prediction.output, list) and prediction.streamed:
+        for item in prediction.output:
+            queue.put_nowait(("output", item))
+    if prediction.done.is_set():
+        queue.put_nowait(("completed", prediction.response()))
+    else:
+        prediction.listeners.append(lambda event, data: queue.put_nowait((event, data)))
+    while True:
+        event, data = await queue.get()
+        if event == "start":
+            continue
+        yield f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+        if event == "completed":
+            return

@@ -1,0 +1,325 @@
+"""The prediction lifecycle on the server side: starts the worker process,
+admits predictions into `concurrency.max` slots, pumps the worker's events
+into each prediction's state, and tells listeners (webhooks, SSE streams)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from cogkit.runtime import files
+from cogkit.runtime import messages as m
+from cogkit.runtime.webhooks import WebhookSender
+
+# Health states, as Cog reports them.
+STARTING, READY, BUSY, SETUP_FAILED, DEFUNCT, UNHEALTHY = (
+    "STARTING", "READY", "BUSY", "SETUP_FAILED", "DEFUNCT", "UNHEALTHY")
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+class Busy(Exception):
+    """Every slot is taken (HTTP 409)."""
+
+
+class NotReady(Exception):
+    """Setup has not finished, or failed (HTTP 503)."""
+
+
+@dataclass
+class Prediction:
+    id: str
+    input: dict[str, Any]
+    mode: str = "predict"
+    status: str = "starting"
+    output: Any = None
+    logs: str = ""
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=now_iso)
+    started_at: str | None = None
+    completed_at: str | None = None
+    webhook: str | None = None
+    webhook_events_filter: list[str] | None = None
+    output_file_prefix: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    listeners: list[Callable[[str, Any], None]] = field(default_factory=list)
+    started_monotonic: float = 0.0
+    streamed: bool = False
+    workdir: str | None = None
+
+    def response(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "input": self.input, "output": self.output, "status": self.status,
+            "logs": self.logs, "error": self.error, "metrics": self.metrics,
+            "created_at": self.created_at, "started_at": self.started_at,
+            "completed_at": self.completed_at, "webhook": self.webhook,
+            "webhook_events_filter": self.webhook_events_filter,
+            "output_file_prefix": self.output_file_prefix,
+        }
+
+    def emit(self, event: str, data: Any = None) -> None:
+        for listener in list(self.listeners):
+            listener(event, data)
+
+
+@dataclass
+class SetupResult:
+    started_at: str | None = None
+    completed_at: str | None = None
+    logs: str = ""
+    status: str | None = None  # succeeded | failed
+
+
+class Runner:
+    def __init__(self, project: str, python: str, predict_ref: str | None, train_ref: str | None,
+                 file_fields: dict[str, dict[str, str]], concurrency: int = 1,
+                 upload_url: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.project = os.path.abspath(project)
+        self.python = python
+        self.predict_ref = predict_ref
+        self.train_ref = train_ref
+        self.file_fields = file_fields  # mode -> {field: "uri" | "uri-list"}
+        self.max_concurrency = concurrency
+        self.upload_url = upload_url
+        self.env = env or {}
+        self.setup = SetupResult()
+        self.state = STARTING
+        self.error: str | None = None
+        self.predictions: dict[str, Prediction] = {}
+        self.running: dict[str, Prediction] = {}
+        self.slots = 1
+        self._proc: asyncio.subprocess.Process | None = None
+        self._setup_done = asyncio.Event()
+        self._health: asyncio.Future[dict[str, Any]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._workdir = tempfile.mkdtemp(prefix="cogkit-run-")
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10))
+
+    # --- worker process --------------------------------------------------
+    async def start(self) -> None:
+        self.setup.started_at = now_iso()
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        args = [self.python, "-m", "cogkit.runtime.worker", "--project", self.project,
+                "--events-fd", str(write_fd)]
+        if self.predict_ref:
+            args += ["--predict", self.predict_ref]
+        if self.train_ref:
+            args += ["--train", self.train_ref]
+        self._proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, pass_fds=(write_fd,), env=env, cwd=self.project,
+            start_new_session=True)
+        os.close(write_fd)
+        self._spawn(self._pump_events(os.fdopen(read_fd, "rb", buffering=0)))
+        self._spawn(self._pump_stdout())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        await asyncio.wait_for(self._setup_done.wait(), timeout)
+        return self.state not in (SETUP_FAILED, DEFUNCT)
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        if self._proc and self._proc.stdin and not self._proc.stdin.is_closing():
+            self._proc.stdin.write(m.encode(kind, **fields))
+
+    async def _pump_stdout(self) -> None:
+        assert self._proc and self._proc.stdout
+        while chunk := await self._proc.stdout.read(65536):
+            self._log(None, chunk.decode(errors="replace"))
+
+    async def _pump_events(self, pipe: Any) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 30)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        while line := await reader.readline():
+            await self._on_event(m.read_line(line))
+        await self._on_worker_exit()
+
+    async def _on_event(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == m.LOG:
+            self._log(msg.get("id"), msg["text"])
+        elif kind == m.SETUP_DONE:
+            self.setup.completed_at = now_iso()
+            self.setup.status = "succeeded" if msg["ok"] else "failed"
+            if msg["ok"]:
+                # A synchronous predictor runs one prediction at a time, as in Cog.
+                self.slots = self.max_concurrency if msg.get("is_async") else 1
+                self.state = READY
+            else:
+                self.state, self.error = SETUP_FAILED, msg.get("error")
+            self._setup_done.set()
+        elif kind == m.OUTPUT:
+            p = self.running.get(msg["id"])
+            if p:
+                item = await files.encode_files(self._http, msg["value"], self._upload_url(p))
+                p.streamed = True
+                p.output = [*(p.output or []), item]
+                p.emit("output", item)
+        elif kind == m.METRIC:
+            p = self.running.get(msg["id"])
+            if p:
+                self._record_metric(p, msg["name"], msg["value"], msg["mode"])
+        elif kind == m.DONE:
+            await self._finish(msg)
+        elif kind == m.HEALTH and self._health and not self._health.done():
+            self._health.set_result(msg)
+
+    @staticmethod
+    def _record_metric(p: Prediction, name: str, value: Any, mode: str) -> None:
+        if mode == "incr":
+            p.metrics[name] = p.metrics.get(name, 0) + value
+        elif mode == "append":
+            p.metrics.setdefault(name, []).append(value)
+        else:
+            p.metrics[name] = value
+
+    def _log(self, pid: str | None, text: str) -> None:
+        # Output with no owner (fd-level writes, background threads) goes to the
+        # sole running prediction if there is exactly one, else to setup logs.
+        p = self.running.get(pid) if pid else None
+        if p is None and pid is None and self._setup_done.is_set() and len(self.running) == 1:
+            p = next(iter(self.running.values()))
+        if p is not None:
+            p.logs += text
+            p.emit("logs", text)
+        elif not self._setup_done.is_set() or pid is None:
+            self.setup.logs += text
+            if self._setup_done.is_set():
+                sys.stderr.write(text)
+
+    async def _on_worker_exit(self) -> None:
+        code = await self._proc.wait() if self._proc else None
+        reason = f"the model's worker process exited unexpectedly (exit code {code})"
+        if not self._setup_done.is_set():
+            self.setup.completed_at = now_iso()
+            self.setup.status = "failed"
+            self.state, self.error = SETUP_FAILED, reason
+            self._setup_done.set()
+        elif self.state != SETUP_FAILED:
+            self.state, self.error = DEFUNCT, reason
+        for p in list(self.running.values()):
+            await self._finish({"id": p.id, "status": "failed", "error": reason})
+
+    # --- predictions ---------------------------------------------------------
+    def _upload_url(self, p: Prediction) -> str | None:
+        return p.output_file_prefix or self.upload_url
+
+    def busy(self) -> bool:
+        return len(self.running) >= self.slots
+
+    def health_status(self) -> str:
+        if self.state == READY and self.busy():
+            return BUSY
+        return self.state
+
+    async def check_health(self, timeout: float = 5.0) -> str:
+        """Run the predictor's own healthcheck(), if any; UNHEALTHY when it fails."""
+        if self.state not in (READY, UNHEALTHY):
+            return self.health_status()
+        loop = asyncio.get_running_loop()
+        self._health = loop.create_future()
+        self._send(m.HEALTHCHECK)
+        try:
+            result = await asyncio.wait_for(self._health, timeout)
+            ok, error = result["ok"], result.get("error")
+        except asyncio.TimeoutError:
+            ok, error = False, f"healthcheck() did not answer within {timeout:g}s"
+        if self.state in (READY, UNHEALTHY):
+            self.state, self.error = (READY, None) if ok else (UNHEALTHY, error)
+        return self.health_status()
+
+    async def submit(self, prediction: Prediction, webhook_client: httpx.AsyncClient | None = None) -> Prediction:
+        """Admit a validated prediction and start it. Raises NotReady or Busy."""
+        if self.state not in (READY, UNHEALTHY):
+            raise NotReady(self.error or "setup has not finished")
+        if prediction.id in self.predictions:
+            return self.predictions[prediction.id]
+        if self.busy():
+            raise Busy("Already running a prediction" if self.slots == 1 else
+                       f"All {self.slots} prediction slots are busy")
+        if prediction.webhook:
+            sender = WebhookSender(webhook_client or self._http, prediction.webhook,
+                                   prediction.webhook_events_filter, prediction.response)
+            prediction.listeners.append(lambda event, _data: sender.notify(event))
+        self.predictions[prediction.id] = prediction
+        self.running[prediction.id] = prediction
+        prediction.workdir = tempfile.mkdtemp(dir=self._workdir)
+        prediction.status = "processing"
+        prediction.started_at = now_iso()
+        prediction.started_monotonic = time.monotonic()
+        prediction.emit("start")
+        self._spawn(self._dispatch(prediction))
+        return prediction
+
+    async def _dispatch(self, p: Prediction) -> None:
+        try:
+            worker_input = await files.fetch_inputs(self._http, p.input, self.file_fields.get(p.mode, {}), p.workdir or self._workdir)
+        except files.FileInputError as e:
+            await self._finish({"id": p.id, "status": "failed", "error": str(e)})
+            return
+        self._send(m.PREDICT, id=p.id, mode=p.mode, input=worker_input, context=p.context)
+
+    async def _finish(self, msg: dict[str, Any]) -> None:
+        p = self.running.get(msg["id"])
+        if p is None:
+            return
+        if msg["status"] == "succeeded" and not msg.get("streamed"):
+            try:
+                p.output = await files.encode_files(self._http, msg.get("output"), self._upload_url(p))
+            except (httpx.HTTPError, OSError) as e:
+                msg = {**msg, "status": "failed", "error": f"could not deliver the output file: {e}"}
+        p.status = msg["status"]
+        p.error = msg.get("error")
+        p.completed_at = now_iso()
+        p.metrics["predict_time"] = round(time.monotonic() - p.started_monotonic, 6)
+        del self.running[p.id]
+        if p.workdir:
+            shutil.rmtree(p.workdir, ignore_errors=True)
+        p.done.set()
+        p.emit("completed", p.response())
+
+    def cancel(self, prediction_id: str) -> bool:
+        p = self.predictions.get(prediction_id)
+        if p is None:
+            return False
+        if p.id in self.running:
+            self._send(m.CANCEL, id=p.id)
+        return True
+
+    def new_id(self) -> str:
+        return uuid.uuid4().hex
+
+    async def stop(self) -> None:
+        self._send(m.SHUTDOWN)
+        if self._proc and self._proc.returncode is None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except asyncio.TimeoutError:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                await self._proc.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._http.aclose()
+        shutil.rmtree(self._workdir, ignore_errors=True)

@@ -1,0 +1,363 @@
+"""The worker: a child process, started with the model's own Python, that
+imports the user's code and runs setup() and predict().
+
+Standard library only (plus the SDK): it lives in the model's environment, so
+the server's FastAPI/pydantic never meet the model's pins. Control messages
+arrive on stdin; events leave on a dedicated pipe (fd given by --events-fd).
+Python-level prints are tagged with the prediction that made them; anything a C
+extension or subprocess writes to fd 1/2 is read by the runner instead.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import importlib.util
+import inspect
+import io
+import json
+import os
+import queue
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+import typing
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from cogkit.runtime import messages as m
+from cogkit.sdk import predictor as sdk_predictor
+from cogkit.sdk.scope import Scope, reset_scope, use_scope
+from cogkit.sdk.types import CancelationException, File, Path, Secret
+
+_prediction_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("prediction_id", default=None)
+
+
+class Events:
+    """The write end of the event pipe, shared by every thread and task."""
+
+    def __init__(self, fd: int) -> None:
+        self._out = os.fdopen(fd, "wb", buffering=0)
+        self._lock = threading.Lock()
+
+    def send(self, kind: str, **fields: Any) -> None:
+        data = m.encode(kind, **fields)
+        with self._lock:
+            self._out.write(data)
+
+
+class LogStream(io.TextIOBase):
+    """Replaces sys.stdout/sys.stderr: each write becomes a log event of the
+    prediction running in this context (None during setup)."""
+
+    def __init__(self, events: Events, name: str) -> None:
+        self._events = events
+        self.name = name
+
+    def write(self, text: str) -> int:
+        if text:
+            self._events.send(m.LOG, id=_prediction_id.get(), text=text)
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+
+def load_object(project: str, ref: str) -> Any:
+    file_name, _, attr = ref.partition(":")
+    path = os.path.join(project, file_name)
+    module_name = os.path.splitext(os.path.basename(file_name))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, attr):
+        raise AttributeError(f"{file_name} has no attribute {attr!r} (from {ref!r})")
+    return getattr(module, attr)
+
+
+def weights_argument(setup: Any) -> dict[str, Any]:
+    """setup(weights=...) is fed from COG_WEIGHTS, as Cog does."""
+    if "weights" not in inspect.signature(setup).parameters:
+        return {}
+    value = os.environ.get("COG_WEIGHTS")
+    if value and os.path.exists(value):
+        return {"weights": Path(value)}
+    return {"weights": value}
+
+
+# --- values in and out -------------------------------------------------------
+
+def coerce(annotation: Any, value: Any) -> Any:
+    """Turn a JSON input value into the type the predictor declared."""
+    if value is None:
+        return None
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (list, typing.List) and isinstance(value, list):  # noqa: UP006
+        return [coerce(args[0] if args else Any, v) for v in value]
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        return coerce(args[0] if len(args) == 1 else Any, value)
+    if isinstance(value, dict) and m.PATH_KEY in value:
+        local = value[m.PATH_KEY]
+        if annotation is File:
+            return open(local, "rb")  # noqa: SIM115 - handed to user code
+        return Path(local)
+    if annotation is Secret:
+        return Secret(value)
+    if annotation is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def encode_output(value: Any) -> Any:
+    """Make a predictor's return value JSON-safe; files become path markers."""
+    if isinstance(value, os.PathLike):
+        return {m.PATH_KEY: os.path.abspath(os.fspath(value))}
+    if isinstance(value, io.IOBase):
+        name = getattr(value, "name", None)
+        if isinstance(name, str) and os.path.exists(name):
+            return {m.PATH_KEY: os.path.abspath(name)}
+        data = value.read()
+        fd, tmp = tempfile.mkstemp(prefix="output-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        return {m.PATH_KEY: tmp}
+    if isinstance(value, Secret):
+        return "**********"
+    if isinstance(value, (list, tuple)):
+        return [encode_output(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): encode_output(v) for k, v in value.items()}
+    for method in ("model_dump", "dict"):  # cog.BaseModel and pydantic models
+        if callable(getattr(value, method, None)) and not isinstance(value, type):
+            return encode_output(getattr(value, method)())
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def is_stream(result: Any) -> bool:
+    return isinstance(result, (Iterator, AsyncIterator)) and not isinstance(result, (str, bytes, io.IOBase))
+
+
+# --- the worker --------------------------------------------------------------
+
+class Worker:
+    def __init__(self, project: str, predict_ref: str | None, train_ref: str | None, events: Events) -> None:
+        self.project = project
+        self.predict_ref = predict_ref
+        self.train_ref = train_ref
+        self.events = events
+        self.predictor: Any = None
+        self.entries: dict[str, Any] = {}
+        self.is_async = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._running: str | None = None  # sync mode: the prediction in the main thread
+        self._cancel_requested: str | None = None
+
+    # setup
+    def setup(self) -> None:
+        sys.path.insert(0, self.project)
+        os.chdir(self.project)
+        coroutines = []
+        for mode, ref in (("predict", self.predict_ref), ("train", self.train_ref)):
+            if not ref:
+                continue
+            obj = load_object(self.project, ref)
+            if inspect.isclass(obj):
+                instance = obj()
+                if hasattr(instance, "setup"):
+                    result = instance.setup(**weights_argument(instance.setup))
+                    if inspect.isawaitable(result):
+                        coroutines.append(result)
+                if mode == "predict":
+                    self.predictor = instance
+                self.entries[mode] = sdk_predictor.entry_method(instance, mode)
+            else:
+                self.entries[mode] = obj
+        self.is_async = any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in self.entries.values())
+        if self.is_async:
+            self.loop = asyncio.new_event_loop()
+            for coro in coroutines:
+                self.loop.run_until_complete(coro)
+        else:
+            for coro in coroutines:
+                asyncio.run(coro)
+
+    def healthcheck(self) -> None:
+        check = getattr(self.predictor, "healthcheck", None)
+        try:
+            ok = True if check is None else check()
+            if inspect.isawaitable(ok):
+                ok = asyncio.run(ok) if self.loop is None else asyncio.run_coroutine_threadsafe(ok, self.loop).result(10)
+            self.events.send(m.HEALTH, ok=bool(ok), error=None if ok else "healthcheck() returned False")
+        except Exception as e:  # noqa: BLE001 - reported as UNHEALTHY
+            self.events.send(m.HEALTH, ok=False, error=f"healthcheck() raised {type(e).__name__}: {e}")
+
+    # one prediction
+    def _start(self, msg: dict[str, Any]) -> tuple[Any, dict[str, Any], contextvars.Token[Scope]]:
+        pid = msg["id"]
+        _prediction_id.set(pid)
+        scope = Scope(lambda name, value, mode: self.events.send(m.METRIC, id=pid, name=name, value=value, mode=mode),
+                      msg.get("context") or {})
+        token = use_scope(scope)
+        fn = self.entries.get(msg.get("mode", "predict"))
+        if fn is None:
+            raise RuntimeError(f"this model has no {msg.get('mode')} entry point")
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: pass values as they are
+            hints = {}
+        kwargs = {k: coerce(hints.get(k, Any), v) for k, v in (msg.get("input") or {}).items()}
+        return fn, kwargs, token
+
+    def _fail(self, pid: str, exc: BaseException) -> None:
+        sys.stderr.write(traceback.format_exc())
+        self.events.send(m.DONE, id=pid, status="failed", error=f"{exc}" or type(exc).__name__)
+
+    def predict_sync(self, msg: dict[str, Any]) -> None:
+        pid = msg["id"]
+        token = None
+        self._running = pid
+        try:
+            if self._cancel_requested == pid:
+                raise CancelationException()
+            fn, kwargs, token = self._start(msg)
+            result = fn(**kwargs)
+            if is_stream(result):
+                for item in result:
+                    self.events.send(m.OUTPUT, id=pid, value=encode_output(item))
+                self._done(pid, streamed=True)
+            else:
+                self._done(pid, output=encode_output(result))
+        except CancelationException:
+            self.events.send(m.DONE, id=pid, status="canceled")
+        except Exception as e:  # noqa: BLE001 - a failed prediction, not a failed worker
+            self._fail(pid, e)
+        finally:
+            self._running = None
+            if token is not None:
+                reset_scope(token)
+            _prediction_id.set(None)
+
+    async def predict_async(self, msg: dict[str, Any]) -> None:
+        pid = msg["id"]
+        token = None
+        try:
+            fn, kwargs, token = self._start(msg)
+            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+                result = fn(**kwargs)
+            else:  # a sync entry point beside an async one: keep the loop free
+                result = await asyncio.to_thread(contextvars.copy_context().run, fn, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            if isinstance(result, AsyncIterator):
+                async for item in result:
+                    self.events.send(m.OUTPUT, id=pid, value=encode_output(item))
+                self._done(pid, streamed=True)
+            elif is_stream(result):
+                for item in result:
+                    self.events.send(m.OUTPUT, id=pid, value=encode_output(item))
+                self._done(pid, streamed=True)
+            else:
+                self._done(pid, output=encode_output(result))
+        except (asyncio.CancelledError, CancelationException):
+            self.events.send(m.DONE, id=pid, status="canceled")
+        except Exception as e:  # noqa: BLE001
+            self._fail(pid, e)
+        finally:
+            if token is not None:
+                reset_scope(token)
+
+    def _done(self, pid: str, output: Any = None, streamed: bool = False) -> None:
+        self.events.send(m.DONE, id=pid, status="succeeded", output=output, streamed=streamed)
+
+    # loops
+    def serve_sync(self, control: typing.BinaryIO) -> None:
+        inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+        def on_cancel_signal(signum: int, frame: Any) -> None:
+            if self._running is not None and self._running == self._cancel_requested:
+                raise CancelationException()
+
+        signal.signal(signal.SIGUSR1, on_cancel_signal)
+
+        def read_control() -> None:
+            while (msg := m.read(control)) is not None:
+                if msg["type"] == m.CANCEL:
+                    self._cancel_requested = msg["id"]
+                    if self._running == msg["id"]:
+                        os.kill(os.getpid(), signal.SIGUSR1)
+                elif msg["type"] == m.HEALTHCHECK:
+                    threading.Thread(target=self.healthcheck, daemon=True).start()
+                else:
+                    inbox.put(msg)
+            inbox.put(None)
+
+        threading.Thread(target=read_control, daemon=True).start()
+        while (msg := inbox.get()) is not None and msg["type"] != m.SHUTDOWN:
+            if msg["type"] == m.PREDICT:
+                self.predict_sync(msg)
+
+    async def serve_async(self, control: typing.BinaryIO) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 30)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), control)
+        tasks: dict[str, asyncio.Task[None]] = {}
+        while line := await reader.readline():
+            msg = json.loads(line)
+            if msg["type"] == m.SHUTDOWN:
+                break
+            if msg["type"] == m.PREDICT:
+                task = asyncio.create_task(self.predict_async(msg), context=contextvars.Context())
+                tasks[msg["id"]] = task
+                task.add_done_callback(lambda _t, pid=msg["id"]: tasks.pop(pid, None))
+            elif msg["type"] == m.CANCEL and msg["id"] in tasks:
+                tasks[msg["id"]].cancel()
+            elif msg["type"] == m.HEALTHCHECK:
+                loop.run_in_executor(None, self.healthcheck)
+        for task in tasks.values():
+            task.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="cogkit worker (started by the runner, not by hand)")
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--predict")
+    parser.add_argument("--train")
+    parser.add_argument("--events-fd", type=int, required=True)
+    args = parser.parse_args()
+
+    events = Events(args.events_fd)
+    control = sys.stdin.buffer
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - user code must not read our control pipe
+    sys.stdout = LogStream(events, "stdout")
+    sys.stderr = LogStream(events, "stderr")
+
+    worker = Worker(args.project, args.predict, args.train, events)
+    try:
+        worker.setup()
+    except BaseException as e:  # noqa: BLE001 - any setup failure is reported, then we exit
+        sys.stderr.write(traceback.format_exc())
+        events.send(m.SETUP_DONE, ok=False, error=f"{type(e).__name__}: {e}", is_async=False)
+        sys.exit(1)
+    events.send(m.SETUP_DONE, ok=True, error=None, is_async=worker.is_async)
+    if worker.is_async:
+        assert worker.loop is not None
+        worker.loop.run_until_complete(worker.serve_async(control))
+    else:
+        worker.serve_sync(control)
+
+
+if __name__ == "__main__":
+    main()
