@@ -1,0 +1,198 @@
+"""The `cogkit` command. Commands only parse arguments and call the modules
+that do the work; every expected failure prints one clear line, never a traceback."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from cogkit.config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build, run and serve Cog-compatible models; run the gateway.")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def note(message: str) -> None:
+    typer.secho(message, dim=True, err=True)
+
+
+def _config(project: Path) -> Any:
+    try:
+        return load_config(project)
+    except ConfigError as e:
+        fail(str(e))
+
+
+STARTER_YAML = """\
+# Configuration for a Cog-compatible model: https://cog.run/yaml
+build:
+  python_version: "3.11"
+  # python_packages:
+  #   - "torch==2.3.1"
+predict: "predict.py:Predictor"
+"""
+
+STARTER_PREDICT = '''\
+from cog import BasePredictor, Input, Path
+
+
+class Predictor(BasePredictor):
+    def setup(self) -> None:
+        """Load the model into memory to make running multiple predictions efficient."""
+
+    def predict(self, prompt: str = Input(description="What to say back")) -> str:
+        """Run a single prediction on the model."""
+        return prompt
+'''
+
+
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="Where to write cog.yaml and predict.py")) -> None:
+    """Write a starter cog.yaml and predict.py."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (("cog.yaml", STARTER_YAML), ("predict.py", STARTER_PREDICT)):
+        path = directory / name
+        if path.exists():
+            fail(f"{path} already exists; not overwriting it")
+        path.write_text(text)
+        typer.echo(f"Wrote {path}")
+
+
+def _parse_inputs(openapi: dict[str, Any], pairs: list[str], mode: str) -> dict[str, Any]:
+    from cogkit.inputs import InputValidationError, parse_cli_value, validate_input
+    from cogkit.local import file_to_data_uri
+
+    raw: dict[str, Any] = {}
+    try:
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep or not name:
+                fail(f"-i {pair!r}: expected name=value (or name=@file for a file)")
+            if value.startswith("@"):
+                path = Path(value[1:])
+                if not path.is_file():
+                    fail(f"-i {name}: no such file {path}")
+                raw[name] = file_to_data_uri(str(path))
+            else:
+                raw[name] = parse_cli_value(openapi, name, value, mode)
+        return validate_input(openapi, raw, mode)
+    except InputValidationError as e:
+        fail("invalid input:\n" + "\n".join(f"  {err['loc'][-1]}: {err['msg']}" for err in e.errors))
+    return {}
+
+
+def _run_local(project: Path, inputs: list[str], output: Optional[Path], mode: str) -> None:
+    from cogkit.local import SetupFailed, run_prediction, write_file_outputs
+    from cogkit.schema import SchemaError, build_openapi
+    from cogkit.venv import EnvError, ensure_env
+
+    config = _config(project)
+    ref = config.predict if mode == "predict" else config.train
+    if not ref:
+        fail(f"cog.yaml has no '{mode}' entry point (e.g. {mode}: \"{mode}.py:{'Predictor' if mode == 'predict' else 'train'}\")")
+    try:
+        openapi = build_openapi(config.project_dir, config.predict, config.train)
+    except SchemaError as e:
+        fail(str(e))
+    values = _parse_inputs(openapi, inputs, mode)
+    try:
+        python = ensure_env(config, lambda line: note(f"  {line}"))
+    except EnvError as e:
+        fail(str(e))
+    streamed: list[Any] = []
+    concatenate = openapi["components"]["schemas"].get("Output" if mode == "predict" else "TrainingOutput", {}).get(
+        "x-cog-array-display") == "concatenate"
+
+    def on_event(event: str, data: Any) -> None:
+        if event == "logs":
+            sys.stderr.write(data)
+        elif event == "output":
+            streamed.append(data)
+            if isinstance(data, str) and not data.startswith("data:"):
+                typer.echo(data, nl=not concatenate)
+
+    note(f"Running {mode} on {ref}")
+    try:
+        prediction = run_prediction(config, python, values, mode, on_event,
+                                    lambda logs: note(logs.rstrip()) if logs.strip() else None)
+    except SetupFailed as e:
+        fail(str(e))
+    if prediction.status != "succeeded":
+        fail(f"{mode} {prediction.status}: {prediction.error or ''}".rstrip(": "))
+    result, written = write_file_outputs(prediction.output, str(output) if output else None)
+    for path in written:
+        typer.echo(f"Written output to {path}")
+    if streamed:
+        if concatenate:
+            typer.echo()
+        return
+    if not written:
+        typer.echo(result if isinstance(result, str) else json.dumps(result, indent=2))
+
+
+INPUT_HELP = "Input as name=value; name=@file for a file input. Repeatable."
+
+
+@app.command()
+def predict(
+    inputs: list[str] = typer.Option([], "-i", "--input", help=INPUT_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write a file output"),
+    project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory"),
+) -> None:
+    """Run a prediction locally, in a managed environment built from cog.yaml."""
+    _run_local(project, inputs, output, "predict")
+
+
+@app.command()
+def train(
+    inputs: list[str] = typer.Option([], "-i", "--input", help=INPUT_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write a file output"),
+    project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory"),
+) -> None:
+    """Run training locally (cog.yaml's train: entry point)."""
+    _run_local(project, inputs, output, "train")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(5000, help="Port to listen on"),
+    project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory"),
+    upload_url: Optional[str] = typer.Option(None, help="PUT file outputs under this URL instead of inlining them"),
+) -> None:
+    """Serve the project's HTTP prediction API (Cog-compatible)."""
+    from cogkit.runtime.serve import serve as run_server
+    from cogkit.schema import SchemaError
+    from cogkit.venv import EnvError, ensure_env
+
+    config = _config(project)
+    try:
+        python = ensure_env(config, lambda line: note(f"  {line}"))
+        note(f"Serving on http://{host}:{port}")
+        run_server(str(config.project_dir), python, host, port, upload_url)
+    except (EnvError, SchemaError) as e:
+        fail(str(e))
+
+
+@app.command()
+def schema(project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory")) -> None:
+    """Print the OpenAPI schema of the project's predictor (read statically, nothing imported)."""
+    from cogkit.schema import SchemaError, build_openapi
+
+    config = _config(project)
+    try:
+        typer.echo(json.dumps(build_openapi(config.project_dir, config.predict, config.train), indent=2))
+    except SchemaError as e:
+        fail(str(e))
+
+
+def main() -> None:
+    app()
