@@ -1,0 +1,611 @@
+"""The OpenAPI schema of a predictor, computed statically.
+
+predict.py is read with `ast` and never imported: the model's code usually needs
+torch, a GPU or weights that the process building the schema does not have. The
+document has the shape Cog's server produces, so existing clients keep working.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+from typing import Any
+
+
+class SchemaError(Exception):
+    """The predictor's signature can't be turned into a schema; the message says where and why."""
+
+
+SUPPORTED_INPUTS = "str, int, float, bool, cog.Path, cog.File, cog.Secret, list[T], dict, Any, Optional[T] / T | None"
+SUPPORTED_OUTPUTS = (SUPPORTED_INPUTS + ", Iterator[T], AsyncIterator[T], ConcatenateIterator[str], "
+                     "a BaseModel subclass defined in the same file")
+
+_MISSING: Any = object()
+
+# Modules whose names mean the same thing to us, whatever spelling the user imports.
+_COG_MODULES = {"cog", "cogkit", "cogkit.sdk", "cogkit.sdk.types", "cogkit.sdk.predictor",
+                "cog.types", "cog.predictor", "cog.base_predictor"}
+_TYPING_MODULES = {"typing", "typing_extensions", "collections.abc"}
+
+_KINDS = {
+    ("cog", "Path"): "Path", ("cog", "File"): "Path", ("cog", "URLPath"): "Path", ("pathlib", "Path"): "Path",
+    ("cog", "Secret"): "Secret", ("cog", "Input"): "Input",
+    ("cog", "BaseModel"): "BaseModel", ("pydantic", "BaseModel"): "BaseModel",
+    ("cog", "BasePredictor"): "BasePredictor", ("cog", "BaseRunner"): "BaseRunner",
+    ("cog", "ConcatenateIterator"): "ConcatenateIterator", ("cog", "AsyncConcatenateIterator"): "ConcatenateIterator",
+    ("cog", "Iterator"): "Iterator", ("cog", "AsyncIterator"): "Iterator",
+    ("typing", "Optional"): "Optional", ("typing", "Union"): "Union", ("typing", "Any"): "Any",
+    ("typing", "List"): "list", ("typing", "Dict"): "dict",
+    ("typing", "Iterator"): "Iterator", ("typing", "AsyncIterator"): "Iterator",
+    ("typing", "Generator"): "Iterator", ("typing", "AsyncGenerator"): "Iterator",
+    ("builtins", "str"): "str", ("builtins", "int"): "int", ("builtins", "float"): "float",
+    ("builtins", "bool"): "bool", ("builtins", "list"): "list", ("builtins", "dict"): "dict",
+}
+_BUILTINS = {"str", "int", "float", "bool", "list", "dict"}
+
+_PRIMITIVES = {
+    "str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
+    "bool": {"type": "boolean"}, "Path": {"type": "string", "format": "uri"},
+    "Secret": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True},
+}
+_INPUT_ARGS = {"default", "description", "ge", "le", "min_length", "max_length", "regex", "choices", "deprecated"}
+
+
+def _group(module: str) -> str:
+    if module in _COG_MODULES or module.startswith("cogkit.sdk."):
+        return "cog"
+    if module in _TYPING_MODULES:
+        return "typing"
+    if module.split(".")[0] == "pydantic":
+        return "pydantic"
+    return module
+
+
+def title_case(name: str) -> str:
+    """Cog's (pydantic's) default field title: "num_outputs" -> "Num Outputs"."""
+    return name.title().replace("_", " ")
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+class _Module:
+    """One parsed source file: its imports, top-level constants, classes and functions."""
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.label = label
+        try:
+            source = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SchemaError(f"{label}: file not found ({path})") from None
+        try:
+            tree = ast.parse(source, filename=label)
+        except SyntaxError as e:
+            raise SchemaError(f"{label}:{e.lineno}: syntax error: {e.msg}") from None
+        self.names: dict[str, tuple[str, str]] = {}  # local name -> (module group, imported name)
+        self.modules: dict[str, str] = {}  # local alias -> dotted module
+        self.star: list[str] = []  # groups imported with `from x import *`
+        self.consts: dict[str, ast.expr] = {}
+        self.classes: dict[str, ast.ClassDef] = {}
+        self.functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        for stmt in tree.body:
+            self._collect(stmt, top=True)
+
+    def _collect(self, stmt: ast.stmt, top: bool) -> None:
+        if isinstance(stmt, ast.Import):
+            for a in stmt.names:
+                if a.asname:
+                    self.modules[a.asname] = a.name
+                else:  # `import collections.abc` binds `collections`
+                    head = a.name.split(".")[0]
+                    self.modules[head] = head
+        elif isinstance(stmt, ast.ImportFrom):
+            group = _group(stmt.module or "") if not stmt.level else "<relative>"
+            for a in stmt.names:
+                if a.name == "*":
+                    self.star.append(group)
+                else:
+                    self.names[a.asname or a.name] = (group, a.name)
+        elif isinstance(stmt, (ast.If, ast.Try)):
+            # try: from cog import X / except ImportError: ... and `if TYPE_CHECKING:` imports
+            blocks = [stmt.body, stmt.orelse] + ([h.body for h in stmt.handlers] if isinstance(stmt, ast.Try) else [])
+            for block in blocks:
+                for s in block:
+                    self._collect(s, top=False)
+        elif not top:
+            return
+        elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            self.consts[stmt.targets[0].id] = stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            self.consts[stmt.target.id] = stmt.value
+        elif isinstance(stmt, ast.ClassDef):
+            self.classes[stmt.name] = stmt
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            self.functions[stmt.name] = stmt
+
+    def kind(self, node: ast.AST) -> str | None:
+        """What a name in an annotation or call refers to: "int", "Path", "Optional", "class:Foo"..."""
+        if isinstance(node, ast.Constant) and node.value is None:
+            return "None"
+        dotted = _dotted(node)
+        if dotted is None:
+            return None
+        head, _, rest = dotted.partition(".")
+        if rest:
+            module = self.modules.get(head)
+            if module is None:
+                return None
+            modname, _, attr = f"{module}.{rest}".rpartition(".")
+            return _KINDS.get((_group(modname), attr))
+        if head in self.names:
+            return _KINDS.get(self.names[head])
+        if head in self.classes:
+            return "class:" + head
+        if head in _BUILTINS:
+            return head
+        for group in self.star:
+            if (group, head) in _KINDS:
+                return _KINDS[(group, head)]
+        if head == "Any":  # a bare Any that was never imported still means "anything"
+            return "Any"
+        return None
+
+    # ---- annotations -> JSON schema
+
+    def _unstring(self, node: ast.expr, where: str) -> ast.expr:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):  # "list[str]" forward refs
+            try:
+                return ast.parse(node.value, mode="eval").body
+            except SyntaxError:
+                raise SchemaError(f"{where}: cannot parse the string annotation {node.value!r}") from None
+        return node
+
+    def type_schema(self, node: ast.expr, where: str, output: bool = False, top: bool = True,
+                    seen: tuple[str, ...] = ()) -> dict:
+        node = self._unstring(node, where)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            return self._union(_flatten_or(node), node, where, output, seen)
+        head, args = node, []
+        if isinstance(node, ast.Subscript):
+            head = node.value
+            args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+        kind = self.kind(head)
+        if kind == "Optional" and len(args) == 1:
+            return self._union([args[0], ast.Constant(None)], node, where, output, seen)
+        if kind == "Union" and args:
+            return self._union(args, node, where, output, seen)
+        if kind in _PRIMITIVES and not args:
+            return dict(_PRIMITIVES[kind])
+        if kind == "list" and len(args) <= 1:
+            items = self.type_schema(args[0], where, output, False, seen) if args else {}
+            return {"type": "array", "items": items}
+        if kind == "dict":
+            return {"type": "object"}
+        if kind == "Any":
+            return {}
+        if output and top and kind in ("Iterator", "ConcatenateIterator"):
+            items = self.type_schema(args[0], where, output, False, seen) if args else {}
+            schema = {"type": "array", "items": items, "x-cog-array-type": "iterator"}
+            if kind == "ConcatenateIterator":
+                schema["x-cog-array-display"] = "concatenate"
+            return schema
+        if output and top and kind == "None":
+            return {"nullable": True}
+        if output and kind and kind.startswith("class:"):
+            return self._model_schema(kind[6:], where, seen)
+        supported = SUPPORTED_OUTPUTS if output else SUPPORTED_INPUTS
+        raise SchemaError(f"{where}: unsupported type '{ast.unparse(node)}'; supported "
+                          f"{'output' if output else 'input'} types: {supported}")
+
+    def _union(self, members: list[ast.expr], node: ast.expr, where: str, output: bool, seen: tuple) -> dict:
+        members = [self._unstring(m, where) for m in members]
+        rest = [m for m in members if self.kind(m) != "None"]
+        if len(rest) != 1 or len(rest) == len(members):
+            raise SchemaError(f"{where}: unsupported union '{ast.unparse(node)}'; only Optional[T] "
+                              f"(T | None) is supported")
+        schema = self.type_schema(rest[0], where, output, False, seen)
+        schema["nullable"] = True
+        return schema
+
+    def _is_model(self, name: str, seen: frozenset = frozenset()) -> bool:
+        cls = self.classes[name]
+        for base in cls.bases:
+            k = self.kind(base)
+            if k == "BaseModel":
+                return True
+            if k and k.startswith("class:") and k[6:] not in seen and self._is_model(k[6:], seen | {name}):
+                return True
+        return False
+
+    def _model_schema(self, name: str, where: str, seen: tuple) -> dict:
+        if not self._is_model(name):
+            raise SchemaError(f"{where}: class '{name}' is not a BaseModel subclass; outputs that are "
+                              f"objects must subclass cog.BaseModel (or pydantic.BaseModel)")
+        if name in seen:
+            raise SchemaError(f"{where}: class '{name}' refers to itself; recursive outputs are not supported")
+        props: dict[str, dict] = {}
+        required: list[str] = []
+        for cls in self._model_chain(name):
+            for stmt in cls.body:
+                if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                    continue
+                if "ClassVar" in ast.unparse(stmt.annotation):
+                    continue
+                field = stmt.target.id
+                fwhere = f"{self.label}:{stmt.lineno}: field '{field}' of {name}"
+                prop = {"title": title_case(field),
+                        **self.type_schema(stmt.annotation, fwhere, True, False, seen + (name,))}
+                if stmt.value is None:
+                    required.append(field)
+                else:
+                    try:
+                        default = self.literal(stmt.value)
+                    except ValueError:  # Field(...) or a factory: not required, default unknown
+                        default = None
+                    if default is not None:
+                        prop["default"] = default
+                props[field] = prop
+        schema = {"type": "object", "title": name, "properties": props}
+        if required:
+            schema["required"] = [f for f in props if f in required]
+        return schema
+
+    def _model_chain(self, name: str) -> list[ast.ClassDef]:
+        """Local classes from the furthest base down, so subclass fields come last (dataclass order)."""
+        chain, todo = [], [name]
+        while todo:
+            cls = self.classes[todo.pop()]
+            if cls in chain:
+                continue
+            chain.insert(0, cls)
+            todo += [k[6:] for k in map(self.kind, cls.bases) if k and k.startswith("class:")]
+        return chain
+
+    # ---- literal values (defaults and Input(...) arguments)
+
+    def literal(self, node: ast.expr, depth: int = 0) -> Any:
+        """The value of a literal expression, following simple top-level constants; ValueError otherwise."""
+        if depth > 20:
+            raise ValueError("too deeply nested")
+        if isinstance(node, ast.Constant) and not isinstance(node.value, (bytes, type(...))):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [self.literal(e, depth + 1) for e in node.elts]
+        if isinstance(node, ast.Dict) and None not in node.keys:
+            return {self.literal(k, depth + 1): self.literal(v, depth + 1) for k, v in zip(node.keys, node.values)}
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = self.literal(node.operand, depth + 1)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.Name) and node.id in self.consts:
+            return self.literal(self.consts[node.id], depth + 1)
+        if isinstance(node, ast.Call) and self.kind(node.func) == "Secret" and not node.keywords:
+            return "**********"  # Cog masks secret defaults in the schema
+        raise ValueError(ast.unparse(node))
+
+    def field(self, default: ast.expr | None, where: str) -> dict:
+        """The Input(...) declaration (or plain default) of one parameter, as literal values."""
+        if default is None:
+            return {}
+        if not (isinstance(default, ast.Call) and self.kind(default.func) == "Input"):
+            return {"default": self._arg(default, where, "default")}
+        if len(default.args) > 1:
+            raise SchemaError(f"{where}: Input() takes at most one positional argument (the default)")
+        out = {"default": self._arg(default.args[0], where, "default")} if default.args else {}
+        for kw in default.keywords:
+            if kw.arg is None:
+                raise SchemaError(f"{where}: Input(**...) is not supported; pass the arguments by name")
+            if kw.arg in _INPUT_ARGS:
+                out[kw.arg] = self._arg(kw.value, where, kw.arg)
+        return out
+
+    def _arg(self, node: ast.expr, where: str, name: str) -> Any:
+        try:
+            return self.literal(node)
+        except ValueError:
+            raise SchemaError(
+                f"{where}: the {name} must be a literal (number, string, bool, None, or a list of them) "
+                f"or a top-level constant of such a literal, got '{ast.unparse(node)}'") from None
+
+
+def _flatten_or(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _flatten_or(node.left) + _flatten_or(node.right)
+    return [node]
+
+
+class _Builder:
+    def __init__(self, project_dir: Path) -> None:
+        self.project_dir = project_dir
+        self.modules: dict[str, _Module] = {}
+
+    def module(self, rel: str) -> _Module:
+        path = self.project_dir / rel
+        if not path.exists() and not rel.endswith(".py") and (self.project_dir / (rel + ".py")).exists():
+            rel += ".py"
+            path = self.project_dir / rel
+        if rel not in self.modules:
+            self.modules[rel] = _Module(path, rel)
+        return self.modules[rel]
+
+    def entry(self, ref: str, mode: str) -> tuple[_Module, ast.FunctionDef | ast.AsyncFunctionDef, str, bool]:
+        """The function (or method) a ref names: (module, node, display name, is a method)."""
+        rel, sep, name = ref.partition(":")
+        if not sep or not rel or not name:
+            raise SchemaError(f"invalid {mode} reference '{ref}': expected 'file.py:ClassOrFunction'")
+        mod = self.module(rel)
+        if name in mod.functions:
+            return mod, mod.functions[name], name, False
+        if name not in mod.classes:
+            raise SchemaError(f"{rel}: no class or function named '{name}' (from {mode} reference '{ref}')")
+        methods: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        runner = False
+        for cls in mod._model_chain(name):  # furthest base first, so overrides win
+            runner = runner or any(mod.kind(b) == "BaseRunner" for b in cls.bases)
+            for stmt in cls.body:
+                if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    methods[stmt.name] = stmt
+        if mode == "train":
+            wanted = ["train"]
+        else:  # mirrors cogkit.sdk.predictor.entry_method
+            wanted = ["run", "predict"] if runner else ["predict", "run"]
+        for method in wanted:
+            if method in methods:
+                node = methods[method]
+                static = any(mod.kind(d) is None and _dotted(d) == "staticmethod" for d in node.decorator_list)
+                return mod, node, f"{name}.{method}", not static
+        raise SchemaError(f"{rel}:{mod.classes[name].lineno}: class '{name}' has no "
+                          f"{' or '.join(m + '()' for m in wanted)} method")
+
+    def analyze(self, ref: str, mode: str, input_key: str, used: dict) -> tuple[dict, dict, dict]:
+        """(input schema, output schema, enum components) of one entry point."""
+        mod, fn, qual, is_method = self.entry(ref, mode)
+        a = fn.args
+        if a.vararg or a.kwarg:
+            raise SchemaError(f"{mod.label}:{fn.lineno}: {qual}() takes *args/**kwargs; declare each input "
+                              f"as a named, annotated parameter instead")
+        positional = a.posonlyargs + a.args
+        defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+        params = list(zip(positional, defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+        if is_method:
+            params = params[1:]
+
+        props: dict[str, dict] = {}
+        required: list[str] = []
+        enums: dict[str, dict] = {}
+        for order, (arg, default) in enumerate(params):
+            name = arg.arg
+            where = f"{mod.label}:{arg.lineno}: parameter '{name}' of {qual}()"
+            if arg.annotation is None:
+                raise SchemaError(f"{where}: missing type annotation (e.g. '{name}: str'); "
+                                  f"supported input types: {SUPPORTED_INPUTS}")
+            typ = mod.type_schema(arg.annotation, where)
+            nullable = typ.pop("nullable", False)
+            field = mod.field(default, where)
+            prop: dict[str, Any] = {}
+            choices = field.get("choices")
+            if choices is not None:
+                enum_name = _enum_name(name, input_key, used)
+                used[enum_name] = enums[enum_name] = _enum_schema(name, typ, choices, where)
+                prop["allOf"] = [{"$ref": f"#/components/schemas/{enum_name}"}]
+            else:
+                prop["title"] = title_case(name)
+                prop.update(typ)
+            value = field.get("default", _MISSING)
+            if value is None:
+                nullable = True  # `x: str = None` accepts None, as pydantic does
+            elif value is not _MISSING:
+                prop["default"] = value
+            prop["x-order"] = order
+            for key, schema_key in (("description", "description"), ("ge", "minimum"), ("le", "maximum"),
+                                    ("min_length", "minLength"), ("max_length", "maxLength"),
+                                    ("regex", "pattern")):
+                if field.get(key) is not None:
+                    prop[schema_key] = field[key]
+            if field.get("deprecated"):
+                prop["deprecated"] = True
+            if nullable:
+                prop["nullable"] = True
+            elif value is _MISSING:
+                required.append(name)
+            props[name] = prop
+
+        schema = {"title": input_key, "type": "object", "properties": props}
+        if required:
+            schema["required"] = required
+        if fn.returns is None:
+            raise SchemaError(f"{mod.label}:{fn.lineno}: {qual}() has no return type annotation; add one "
+                              f"(e.g. '-> str' or '-> Path'); supported output types: {SUPPORTED_OUTPUTS}")
+        output = mod.type_schema(fn.returns, f"{mod.label}:{fn.lineno}: return type of {qual}()", output=True)
+        return schema, output, enums
+
+
+def _enum_name(name: str, input_key: str, used: dict) -> str:
+    # Cog names the enum after the parameter; a clash (a train input of the same name,
+    # or a parameter called "Status") gets a prefixed name instead.
+    return name if name not in used else f"{input_key}_{name}"
+
+
+def _enum_schema(name: str, typ: dict, choices: Any, where: str) -> dict:
+    if not isinstance(choices, list) or not choices:
+        raise SchemaError(f"{where}: choices must be a non-empty list")
+    checks = {"string": lambda v: isinstance(v, str),
+              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+    check = checks.get(typ.get("type")) if "format" not in typ else None
+    if check is None:
+        raise SchemaError(f"{where}: choices are only supported for str, int and float inputs")
+    bad = [c for c in choices if not check(c)]
+    if bad:
+        raise SchemaError(f"{where}: choice {bad[0]!r} is not a {typ['type']}")
+    return {"type": typ["type"], "enum": choices, "title": name, "description": "An enumeration."}
+
+
+# ---- the fixed parts of the document (FastAPI's output in Cog's server)
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _ok(schema: dict) -> dict:
+    return {"description": "Successful Response", "content": _json(schema)}
+
+
+_REF = "#/components/schemas/"
+_422 = {"description": "Validation Error", "content": _json({"$ref": _REF + "HTTPValidationError"})}
+_PREFER = {"name": "prefer", "in": "header", "required": False, "schema": {"title": "Prefer", "type": "string"}}
+
+
+def _simple(method: str, summary: str, op: str, title: str) -> dict:
+    return {method: {"summary": summary, "operationId": op, "responses": {"200": _ok({"title": title})}}}
+
+
+def _job_paths(train: bool) -> dict:
+    noun, plural, verb = ("training", "trainings", "Train") if train else ("prediction", "predictions", "Predict")
+    req, resp = _REF + f"{noun.title()}Request", _REF + f"{noun.title()}Response"
+    id_param = {"name": f"{noun}_id", "in": "path", "required": True,
+                "schema": {"type": "string", "title": f"{noun.title()} ID"}}
+    responses = {"200": _ok({"$ref": resp}), "422": _422}
+    return {
+        f"/{plural}": {"post": {
+            "summary": verb, "description": f"Run a single {noun} on the model",
+            "operationId": f"{verb.lower()}_{plural}_post", "parameters": [_PREFER],
+            "requestBody": {"content": _json({"$ref": req})}, "responses": responses}},
+        f"/{plural}/{{{noun}_id}}": {"put": {
+            "summary": f"{verb} Idempotent", "description": f"Run a single {noun} on the model (idempotent creation).",
+            "operationId": f"{verb.lower()}_idempotent_{plural}__{noun}_id__put",
+            "parameters": [id_param, _PREFER],
+            "requestBody": {"required": True, "content": _json({"allOf": [{"$ref": req}],
+                                                                "title": f"{noun.title()} Request"})},
+            "responses": responses}},
+        f"/{plural}/{{{noun}_id}}/cancel": {"post": {
+            "summary": "Cancel", "description": f"Cancel a running {noun}",
+            "operationId": f"cancel_{plural}__{noun}_id__cancel_post", "parameters": [id_param],
+            "responses": {"200": _ok({"title": f"Response Cancel {plural.title()}  {noun.title()} Id  Cancel Post"}),
+                          "422": _422}}},
+    }
+
+
+def _nullable(schema: dict) -> dict:
+    return {**schema, "nullable": True}
+
+
+def _request_response(prefix: str, input_key: str, output_key: str) -> dict:
+    dt = {"type": "string", "format": "date-time"}
+    inp = {"$ref": _REF + input_key, "nullable": True}
+    request = {"title": f"{prefix}Request", "type": "object", "properties": {
+        "input": inp, "id": _nullable({"title": "Id", "type": "string"}),
+        "created_at": _nullable({"title": "Created At", **dt}),
+        "context": _nullable({"title": "Context", "additionalProperties": {"type": "string"}, "type": "object"}),
+        "output_file_prefix": _nullable({"title": "Output File Prefix", "type": "string"}),
+        "webhook": _nullable({"title": "Webhook", "type": "string", "maxLength": 65536, "minLength": 1,
+                              "format": "uri"}),
+        "webhook_events_filter": {"default": ["start", "output", "logs", "completed"],
+                                  "items": {"$ref": _REF + "WebhookEvent"}, "type": "array", "nullable": True},
+    }}
+    response = {"title": f"{prefix}Response", "type": "object", "properties": {
+        "input": inp, "output": {"$ref": _REF + output_key},
+        "id": _nullable({"title": "Id", "type": "string"}),
+        "version": _nullable({"title": "Version", "type": "string"}),
+        "created_at": _nullable({"title": "Created At", **dt}),
+        "started_at": _nullable({"title": "Started At", **dt}),
+        "completed_at": _nullable({"title": "Completed At", **dt}),
+        "logs": {"type": "string", "title": "Logs", "default": ""},
+        "error": _nullable({"title": "Error", "type": "string"}),
+        "status": {"$ref": _REF + "Status", "nullable": True},
+        "metrics": _nullable({"title": "Metrics", "additionalProperties": True, "type": "object"}),
+    }}
+    return {f"{prefix}Request": request, f"{prefix}Response": response}
+
+
+def _fixed_components() -> dict:
+    return {
+        "HTTPValidationError": {"title": "HTTPValidationError", "type": "object", "properties": {
+            "detail": {"title": "Detail", "type": "array", "items": {"$ref": _REF + "ValidationError"}}}},
+        "ValidationError": {"title": "ValidationError", "type": "object", "required": ["loc", "msg", "type"],
+                            "properties": {
+                                "loc": {"title": "Location", "type": "array",
+                                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                                "msg": {"title": "Message", "type": "string"},
+                                "type": {"title": "Error Type", "type": "string"}}},
+        "Status": {"title": "Status", "type": "string", "description": "An enumeration.",
+                   "enum": ["starting", "processing", "succeeded", "canceled", "failed"]},
+        "WebhookEvent": {"title": "WebhookEvent", "type": "string", "description": "An enumeration.",
+                         "enum": ["start", "output", "logs", "completed"]},
+    }
+
+
+def build_openapi(project_dir: str | Path, predict_ref: str | None, train_ref: str | None = None) -> dict:
+    """The OpenAPI document for a project's predict (and optional train) entry points."""
+    builder = _Builder(Path(project_dir))
+    paths: dict[str, dict] = {
+        "/": _simple("get", "Root", "root__get", "Response Root  Get"),
+        "/health-check": _simple("get", "Healthcheck", "healthcheck_health_check_get",
+                                 "Response Healthcheck Health Check Get"),
+    }
+    components = _fixed_components()
+    reserved = {"Input", "Output", "TrainingInput", "TrainingOutput", "PredictionRequest", "PredictionResponse",
+                "TrainingRequest", "TrainingResponse"}
+    used: dict[str, Any] = {**components, **dict.fromkeys(reserved)}
+    for ref, mode, prefix, in_key, out_key in ((predict_ref, "predict", "Prediction", "Input", "Output"),
+                                               (train_ref, "train", "Training", "TrainingInput", "TrainingOutput")):
+        if not ref:
+            continue
+        inputs, output, enums = builder.analyze(ref, mode, in_key, used)
+        components[in_key] = inputs
+        components[out_key] = {**output, "title": out_key}
+        components.update(enums)
+        components.update(_request_response(prefix, in_key, out_key))
+        paths.update(_job_paths(mode == "train"))
+    paths["/shutdown"] = _simple("post", "Start Shutdown", "start_shutdown_shutdown_post",
+                                 "Response Start Shutdown Shutdown Post")
+    return {"openapi": "3.0.2", "info": {"title": "Cog", "version": "0.1.0"}, "paths": paths,
+            "components": {"schemas": components}}
+
+
+# ---- helpers for the runtime
+
+def input_schema(openapi: dict, mode: str = "predict") -> tuple[dict, dict]:
+    """(the Input/TrainingInput object schema with $ref/allOf enums inlined, the components dict)."""
+    components = openapi.get("components", {}).get("schemas", {})
+    key = "TrainingInput" if mode == "train" else "Input"
+    if key not in components:
+        raise SchemaError(f"the schema has no {key} component (is there a {mode} entry point?)")
+    return _inline(copy.deepcopy(components[key]), components), components
+
+
+def _inline(schema: Any, components: dict, depth: int = 0) -> Any:
+    if not isinstance(schema, dict) or depth > 32:
+        return schema
+    ref = schema.get("$ref")
+    all_of = schema.get("allOf")
+    if ref is None and isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
+        ref = all_of[0].get("$ref")
+    if isinstance(ref, str) and ref.startswith(_REF) and isinstance(components.get(ref[len(_REF):]), dict):
+        # the property's own title/description win over the enum's "An enumeration."
+        target = {k: v for k, v in components[ref[len(_REF):]].items() if k not in ("title", "description")}
+        schema = {**copy.deepcopy(target), **{k: v for k, v in schema.items() if k not in ("$ref", "allOf")}}
+    if isinstance(schema.get("properties"), dict):
+        schema["properties"] = {k: _inline(v, components, depth + 1) for k, v in schema["properties"].items()}
+    if "items" in schema:
+        schema["items"] = _inline(schema["items"], components, depth + 1)
+    return schema
+
+
+def file_fields(openapi: dict, mode: str = "predict") -> dict[str, str]:
+    """Input name -> "uri" (one file) or "uri-list" (a list of files), for inputs the runtime downloads."""
+    schema, _ = input_schema(openapi, mode)
+    out = {}
+    for name, prop in schema.get("properties", {}).items():
+        items = prop.get("items")
+        if prop.get("format") == "uri":
+            out[name] = "uri"
+        elif prop.get("type") == "array" and isinstance(items, dict) and items.get("format") == "uri":
+            out[name] = "uri-list"
+    return out
