@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,7 +26,7 @@ def _invalid(loc: list[Any], msg: str, kind: str = "value_error") -> JSONRespons
     return _error(422, [{"loc": loc, "msg": msg, "type": kind}])
 
 
-def create_app(runner: Runner, openapi: dict[str, Any]) -> FastAPI:
+def create_app(runner: Runner, openapi: dict[str, Any], request_shutdown: Callable[[], None]) -> FastAPI:
     app = FastAPI(title="Cog", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.runner = runner
     surfaces = ["predictions"] + (["trainings"] if runner.train_ref else [])
@@ -58,8 +56,8 @@ def create_app(runner: Runner, openapi: dict[str, Any]) -> FastAPI:
 
     @app.post("/shutdown")
     async def shutdown() -> dict[str, Any]:
-        # uvicorn turns SIGTERM into a graceful stop, which stops the worker too.
-        asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+        # After this response is sent: a graceful stop, which stops the worker too.
+        asyncio.get_running_loop().call_later(0.1, request_shutdown)
         return {}
 
     for surface in surfaces:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import uvicorn
@@ -23,9 +23,10 @@ def make_runner(config: Config, python: str, upload_url: str | None = None) -> t
     return runner, openapi
 
 
-def build_app(config: Config, python: str, upload_url: str | None = None) -> FastAPI:
+def build_app(config: Config, python: str, upload_url: str | None = None,
+              request_shutdown: Callable[[], None] = lambda: None) -> FastAPI:
     runner, openapi = make_runner(config, python, upload_url)
-    app = create_app(runner, openapi)
+    app = create_app(runner, openapi, request_shutdown)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -38,5 +39,12 @@ def build_app(config: Config, python: str, upload_url: str | None = None) -> Fas
 
 
 def serve(project: str, python: str, host: str, port: int, upload_url: str | None = None) -> None:
-    app = build_app(load_config(project), python, upload_url)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server: uvicorn.Server | None = None
+
+    def request_shutdown() -> None:
+        assert server is not None
+        server.should_exit = True
+
+    app = build_app(load_config(project), python, upload_url, request_shutdown)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server.run()

@@ -300,30 +300,36 @@ class Worker:
                         os.kill(os.getpid(), signal.SIGUSR1)
                 elif msg["type"] == m.HEALTHCHECK:
                     threading.Thread(target=self.healthcheck, daemon=True).start()
+                elif msg["type"] == m.SHUTDOWN:
+                    break  # stop reading: a thread blocked on stdin would crash interpreter exit
                 else:
                     inbox.put(msg)
             inbox.put(None)
 
         threading.Thread(target=read_control, daemon=True).start()
-        while (msg := inbox.get()) is not None and msg["type"] != m.SHUTDOWN:
-            if msg["type"] == m.PREDICT:
-                self.predict_sync(msg)
+        while (msg := inbox.get()) is not None:
+            self.predict_sync(msg)
 
     async def serve_async(self, control: typing.BinaryIO) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 30)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), control)
         tasks: dict[str, asyncio.Task[None]] = {}
+        canceled_early: set[str] = set()  # cancel sent while the runner still fetched inputs
         while line := await reader.readline():
             msg = json.loads(line)
             if msg["type"] == m.SHUTDOWN:
                 break
-            if msg["type"] == m.PREDICT:
+            if msg["type"] == m.PREDICT and msg["id"] in canceled_early:
+                self.events.send(m.DONE, id=msg["id"], status="canceled")
+            elif msg["type"] == m.PREDICT:
                 task = asyncio.create_task(self.predict_async(msg), context=contextvars.Context())
                 tasks[msg["id"]] = task
                 task.add_done_callback(lambda _t, pid=msg["id"]: tasks.pop(pid, None))
             elif msg["type"] == m.CANCEL and msg["id"] in tasks:
                 tasks[msg["id"]].cancel()
+            elif msg["type"] == m.CANCEL:
+                canceled_early.add(msg["id"])
             elif msg["type"] == m.HEALTHCHECK:
                 loop.run_in_executor(None, self.healthcheck)
         for task in tasks.values():
