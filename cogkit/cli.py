@@ -134,8 +134,11 @@ def _run_local(project: Path, inputs: list[str], output: Optional[Path], mode: s
         if concatenate:
             typer.echo()
         return
-    if not written:
-        typer.echo(result if isinstance(result, str) else json.dumps(result, indent=2))
+    if isinstance(result, str):
+        if not written:
+            typer.echo(result)
+    elif not (isinstance(result, list) and written and all(isinstance(r, str) for r in result)):
+        typer.echo(json.dumps(result, indent=2))
 
 
 INPUT_HELP = "Input as name=value; name=@file for a file input. Repeatable."
@@ -196,3 +199,7 @@ def schema(project: Path = typer.Option(Path("."), "--project", "-p", help="The 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
