@@ -609,3 +609,9 @@ def file_fields(openapi: dict, mode: str = "predict") -> dict[str, str]:
         elif prop.get("type") == "array" and isinstance(items, dict) and items.get("format") == "uri":
             out[name] = "uri-list"
     return out
+
+
+def secret_fields(openapi: dict, mode: str = "predict") -> set[str]:
+    """Input names declared as Secret: masked wherever a prediction is shown."""
+    schema, _ = input_schema(openapi, mode)
+    return {name for name, prop in schema.get("properties", {}).items() if prop.get("x-cog-secret")}

@@ -327,3 +327,59 @@ def test_shutdown(serve_project):
     server = serve_project(EXAMPLES / "hello-world")
     assert server.client.post("/shutdown").status_code == 200
     assert server.proc.wait(15) == 0
+
+
+KITCHEN_SINK = """
+    from typing import Optional
+    from cog import BaseModel, BasePredictor, File, Input, Path, Secret, current_scope
+
+    class Output(BaseModel):
+        text: str
+        total: int
+        files: list[Path]
+        extra: dict
+        maybe: Optional[str] = None
+
+    class Predictor(BasePredictor):
+        def predict(
+            self,
+            token: Secret = Input(description="API token"),
+            images: list[Path] = Input(description="Several files"),
+            raw: File = Input(description="A file object"),
+            options: dict = Input(default={"k": 1}),
+            note: Optional[str] = Input(default=None),
+            ratio: float = Input(default=0.5, ge=0, le=1),
+            flag: bool = False,
+        ) -> Output:
+            print("token type", type(token).__name__, repr(token))
+            copies = []
+            for i, p in enumerate(images):
+                out = Path(f"/tmp/copy{i}{p.suffix}")
+                out.write_bytes(p.read_bytes()[::-1])
+                copies.append(out)
+            return Output(text=token.get_secret_value().upper() + raw.read().decode(),
+                          total=len(images), files=copies,
+                          extra={**options, "ratio": ratio, "flag": flag, "ctx": current_scope().context},
+                          maybe=note)
+"""
+
+
+def test_every_input_and_output_type(serve_project, tmp_path):
+    server = serve_project(write_project(tmp_path / "sink", KITCHEN_SINK))
+    uri = lambda data: "data:text/plain;base64," + base64.b64encode(data).decode()  # noqa: E731
+    body = server.client.post("/predictions", json={
+        "input": {"token": "s3cret", "images": [uri(b"abc"), uri(b"xyz")], "raw": uri(b"!"), "ratio": 1, "flag": True},
+        "context": {"user": "u1"}}).json()
+    assert body["status"] == "succeeded", body
+    out = body["output"]
+    assert out["text"] == "S3CRET!"
+    assert out["total"] == 2
+    assert [base64.b64decode(f.split(",", 1)[1]) for f in out["files"]] == [b"cba", b"zyx"]
+    assert out["extra"] == {"k": 1, "ratio": 1.0, "flag": True, "ctx": {"user": "u1"}}
+    assert out["maybe"] is None
+    assert "token type Secret Secret('**********')" in body["logs"]
+    assert "s3cret" not in body["logs"]
+    assert body["input"]["token"] == "**********"  # never echoed back
+    r = server.client.post("/predictions", json={"input": {"token": 5, "images": "x", "ratio": 2}})
+    assert r.status_code == 422
+    assert {e["loc"][2] for e in r.json()["detail"]} == {"token", "images", "raw", "ratio"}

@@ -14,6 +14,7 @@ from cogkit import __version__
 from cogkit.inputs import InputValidationError, validate_input
 from cogkit.runtime.runner import Busy, NotReady, Prediction, Runner
 from cogkit.runtime.webhooks import EVENTS
+from cogkit.schema import secret_fields
 
 MODES = {"predictions": "predict", "trainings": "train"}
 
@@ -122,7 +123,7 @@ def _parse_request(body: dict[str, Any], openapi: dict[str, Any], mode: str, pre
         return JSONResponse({"detail": errors}, status_code=422)
     return Prediction(id=prediction_id, input=clean_input, mode=mode, webhook=body.get("webhook"),
                       webhook_events_filter=events_filter, output_file_prefix=body.get("output_file_prefix"),
-                      context=context)
+                      context=context, secret_inputs=secret_fields(openapi, mode))
 
 
 async def _respond(request: Request, prediction: Prediction, runner: Runner) -> Response:

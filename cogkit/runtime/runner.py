@@ -57,6 +57,7 @@ class Prediction:
     webhook_events_filter: list[str] | None = None
     output_file_prefix: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    secret_inputs: set[str] = field(default_factory=set)  # shown as ********** in every response
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[str, Any], None]] = field(default_factory=list)
     started_monotonic: float = 0.0
@@ -65,7 +66,8 @@ class Prediction:
 
     def response(self) -> dict[str, Any]:
         return {
-            "id": self.id, "input": self.input, "output": self.output, "status": self.status,
+            "id": self.id, "output": self.output,
+            "input": {k: "**********" if k in self.secret_inputs and v is not None else v for k, v in self.input.items()}, "status": self.status,
             "logs": self.logs, "error": self.error, "metrics": self.metrics,
             "created_at": self.created_at, "started_at": self.started_at,
             "completed_at": self.completed_at, "webhook": self.webhook,
