@@ -25,7 +25,7 @@ from cogkit.runtime.webhooks import WebhookSender
 # Health states, as Cog reports them.
 STARTING, READY, BUSY, SETUP_FAILED, DEFUNCT, UNHEALTHY = (
     "STARTING", "READY", "BUSY", "SETUP_FAILED", "DEFUNCT", "UNHEALTHY")
-TERMINAL = ("succeeded", "failed", "canceled")
+KEEP_FINISHED = 1000
 
 
 def now_iso() -> str:
@@ -168,6 +168,9 @@ class Runner:
             if msg["ok"]:
                 # A synchronous predictor runs one prediction at a time, as in Cog.
                 self.slots = self.max_concurrency if msg.get("is_async") else 1
+                if self.slots < self.max_concurrency:
+                    self.setup.logs += (f"concurrency.max is {self.max_concurrency}, but predict() is synchronous: "
+                                        "running one prediction at a time (make it async to run several)\n")
                 self.state = READY
             else:
                 self.state, self.error = SETUP_FAILED, msg.get("error")
@@ -301,6 +304,13 @@ class Runner:
             shutil.rmtree(p.workdir, ignore_errors=True)
         p.done.set()
         p.emit("completed", p.response())
+        self._forget_old()
+
+    def _forget_old(self) -> None:
+        # Finished predictions are kept for idempotent PUTs, but not forever.
+        finished = [pid for pid, q in self.predictions.items() if q.done.is_set()]
+        for pid in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.predictions[pid]
 
     def cancel(self, prediction_id: str) -> bool:
         p = self.predictions.get(prediction_id)
