@@ -21,6 +21,7 @@ import httpx
 from cogkit.runtime import files
 from cogkit.runtime import messages as m
 from cogkit.runtime.webhooks import WebhookSender
+from cogkit.sdk.scope import merge_metric
 
 # Health states, as Cog reports them.
 STARTING, READY, BUSY, SETUP_FAILED, DEFUNCT, UNHEALTHY = (
@@ -185,20 +186,11 @@ class Runner:
         elif kind == m.METRIC:
             p = self.running.get(msg["id"])
             if p:
-                self._record_metric(p, msg["name"], msg["value"], msg["mode"])
+                merge_metric(p.metrics, msg["name"], msg["value"], msg["mode"])
         elif kind == m.DONE:
             await self._finish(msg)
         elif kind == m.HEALTH and self._health and not self._health.done():
             self._health.set_result(msg)
-
-    @staticmethod
-    def _record_metric(p: Prediction, name: str, value: Any, mode: str) -> None:
-        if mode == "incr":
-            p.metrics[name] = p.metrics.get(name, 0) + value
-        elif mode == "append":
-            p.metrics.setdefault(name, []).append(value)
-        else:
-            p.metrics[name] = value
 
     def _log(self, pid: str | None, text: str) -> None:
         # Output with no owner (fd-level writes, background threads) goes to the

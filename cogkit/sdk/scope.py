@@ -19,14 +19,18 @@ class Scope:
         """mode: replace (last value wins), incr (add), append (collect a list)."""
         if mode not in ("replace", "incr", "append"):
             raise ValueError(f"record_metric mode must be replace, incr or append, not {mode!r}")
-        if mode == "incr":
-            self.metrics[name] = self.metrics.get(name, 0) + value
-        elif mode == "append":
-            self.metrics.setdefault(name, []).append(value)
-        else:
-            self.metrics[name] = value
+        merge_metric(self.metrics, name, value, mode)
         if self._sink is not None:
             self._sink(name, value, mode)
+
+
+def merge_metric(metrics: dict[str, Any], name: str, value: Any, mode: str) -> None:
+    if mode == "incr":
+        metrics[name] = metrics.get(name, 0) + value
+    elif mode == "append":
+        metrics.setdefault(name, []).append(value)
+    else:
+        metrics[name] = value
 
 
 _current: contextvars.ContextVar[Scope] = contextvars.ContextVar("cogkit_scope")
