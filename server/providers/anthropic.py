@@ -1,0 +1,51 @@
+"""Anthropic Messages API (and compatible endpoints). `base_url` as in the Anthropic SDK:
+`https://api.anthropic.com` (a trailing `/v1` is accepted too)."""
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+from server.config import Timeouts
+from server.providers.base import Provider, UpstreamError
+from server.translate import StreamError
+from server.translate.anthropic import (AnthropicToOpenAIStream, anthropic_to_openai_response,
+                                        openai_to_anthropic_request)
+
+
+class AnthropicProvider(Provider):
+    kind = "anthropic"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/messages" if self.base_url.endswith("/v1") else f"{self.base_url}/v1/messages"
+
+    async def _headers(self) -> dict:
+        headers = {"anthropic-version": self.cfg.anthropic_version}
+        key = await self.api_key()
+        if key:
+            headers["x-api-key"] = key
+        return headers
+
+    async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
+        body = openai_to_anthropic_request({**req, "stream": False}, model)
+        body.pop("stream", None)
+        resp = await self.post_json(self.url, body, await self._headers(), t)
+        return anthropic_to_openai_response(resp, req.get("model") or model)
+
+    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+        body = {**openai_to_anthropic_request(req, model), "stream": True}
+        translator = AnthropicToOpenAIStream(req.get("model") or model, "chatcmpl-" + uuid.uuid4().hex[:24])
+        try:
+            async for event, data in self.sse(self.url, body, await self._headers(), t):
+                try:
+                    payload = json.loads(data)
+                except ValueError as e:
+                    raise UpstreamError(f"{self.name}: invalid JSON in stream", None, "stream") from e
+                for chunk in translator.feed(event, payload):
+                    yield chunk
+            for chunk in translator.finish():
+                yield chunk
+        except StreamError as e:
+            raise UpstreamError(e.message, e.status, "stream", body={"type": e.type}) from e
+

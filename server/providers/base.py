@@ -1,0 +1,192 @@
+"""What every upstream kind shares: one pooled httpx client, error mapping, SSE reading.
+
+Every provider speaks the canonical format (OpenAI chat completions) to the router;
+translation to its own wire format happens inside it, through server.translate.
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from server.config import ProviderConfig, Timeouts
+from server.translate.sse import SSEDecoder
+
+CONTEXT_MARKERS = ("context_length_exceeded", "context length", "context window", "prompt is too long",
+                   "too many tokens", "maximum context")
+
+
+class UpstreamError(Exception):
+    """kind: "connect" | "timeout" | "http" | "context_window" | "stream" (broke after it began)."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str = "http",
+                 retry_after: float | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.message, self.status, self.kind, self.retry_after, self.body = message, status, kind, retry_after, body
+
+    @property
+    def retryable(self) -> bool:
+        """May the next deployment be tried? Only for failures that say nothing about the request."""
+        if self.kind in ("connect", "timeout", "stream"):
+            return True
+        return self.kind == "http" and self.status is not None and (self.status in (408, 429) or self.status >= 500)
+
+    def client_status(self) -> int:
+        if self.kind == "timeout":
+            return 504
+        if self.kind in ("connect", "stream"):
+            return 502
+        return self.status or 502
+
+
+class Unsupported(Exception):
+    """The provider kind has no such operation (e.g. embeddings on Anthropic)."""
+
+
+KeySource = Callable[[], Awaitable[str | None]]
+
+
+class Provider:
+    kind = "base"
+
+    def __init__(self, cfg: ProviderConfig, timeouts: Timeouts, key_source: KeySource | None = None) -> None:
+        self.cfg, self.name, self.timeouts = cfg, cfg.name, timeouts.merged(cfg.timeouts)
+        self.base_url = cfg.base_url.rstrip("/")
+        self._key_source = key_source
+        self._key: str | None = cfg.api_key
+        self._key_checked = 0.0
+        # One client per provider for the process: keep-alive connections are the hot path's biggest saving.
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections,
+                                keepalive_expiry=60),
+            headers=cfg.headers, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def api_key(self) -> str | None:
+        """The key from config, else the stored secret, looked up at most once a minute."""
+        if self._key is not None and self._key_source is None:
+            return self._key
+        now = time.monotonic()
+        if self._key_source is not None and now - self._key_checked > 60:
+            self._key_checked = now
+            self._key = await self._key_source() or self._key
+        return self._key
+
+    # ---- the interface (canonical in, canonical out) ----
+    async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
+        raise Unsupported(f"{self.kind} provider {self.name!r} has no chat completions")
+
+    def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+        raise Unsupported(f"{self.kind} provider {self.name!r} has no chat completions")
+
+    async def completions(self, req: dict, model: str, t: Timeouts) -> dict:
+        raise Unsupported(f"{self.kind} provider {self.name!r} has no text completions")
+
+    def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+        raise Unsupported(f"{self.kind} provider {self.name!r} has no text completions")
+
+    async def embeddings(self, req: dict, model: str, t: Timeouts) -> dict:
+        raise Unsupported(f"{self.kind} provider {self.name!r} has no embeddings")
+
+    async def run(self, inputs: dict, model: str, t: Timeouts) -> dict:
+        raise Unsupported(f"{self.kind} provider {self.name!r} runs chat models only")
+
+    def run_stream(self, inputs: dict, model: str, t: Timeouts) -> AsyncIterator[tuple[str, Any]]:
+        raise Unsupported(f"{self.kind} provider {self.name!r} runs chat models only")
+
+    # ---- HTTP helpers ----
+    @staticmethod
+    def plain_timeout(t: Timeouts) -> httpx.Timeout:
+        return httpx.Timeout(connect=t.connect, read=t.total, write=t.total, pool=t.connect)
+
+    @staticmethod
+    def stream_timeout(t: Timeouts) -> httpx.Timeout:
+        # The router bounds the first token (ttft) and the stream buffer the gaps (idle) and the total;
+        # this read timeout is only the backstop for a socket that goes silent.
+        return httpx.Timeout(connect=t.connect, read=max(t.ttft, t.idle), write=t.total, pool=t.connect)
+
+    async def post_json(self, url: str, body: dict, headers: dict, t: Timeouts) -> dict:
+        try:
+            resp = await self.client.post(url, json=body, headers=headers, timeout=self.plain_timeout(t))
+        except httpx.HTTPError as e:
+            raise transport_error(e) from e
+        if resp.status_code >= 400:
+            raise http_error(resp.status_code, resp.content, resp.headers)
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise UpstreamError(f"{self.name}: upstream sent invalid JSON", resp.status_code, "http") from e
+
+    async def sse(self, url: str, body: dict, headers: dict, t: Timeouts) -> AsyncIterator[tuple[str | None, str]]:
+        """(event, data) pairs of an upstream SSE response; errors as UpstreamError."""
+        request = self.client.build_request("POST", url, json=body, headers=headers, timeout=self.stream_timeout(t))
+        try:
+            resp = await self.client.send(request, stream=True)
+        except httpx.HTTPError as e:
+            raise transport_error(e) from e
+        try:
+            if resp.status_code >= 400:
+                raise http_error(resp.status_code, await resp.aread(), resp.headers)
+            decoder = SSEDecoder()
+            async for raw in resp.aiter_bytes():
+                for item in decoder.feed(raw):
+                    yield item
+            for item in decoder.flush():
+                yield item
+        except httpx.HTTPError as e:
+            raise transport_error(e) from e
+        finally:
+            await resp.aclose()
+
+
+def transport_error(e: httpx.HTTPError) -> UpstreamError:
+    if isinstance(e, httpx.TimeoutException) and not isinstance(e, httpx.ConnectTimeout):
+        return UpstreamError(f"upstream timed out ({type(e).__name__})", None, "timeout")
+    return UpstreamError(f"upstream connection failed ({type(e).__name__})", None, "connect")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def http_error(status: int, content: bytes, headers: httpx.Headers) -> UpstreamError:
+    try:
+        body = json.loads(content or b"null")
+    except ValueError:
+        body = content.decode(errors="replace")[:500]
+    message = _message_of(body) or f"upstream returned HTTP {status}"
+    kind = "context_window" if status in (400, 413) and any(m in message.lower() for m in CONTEXT_MARKERS) else "http"
+    if isinstance(body, dict) and "context_length_exceeded" in json.dumps(body):
+        kind = "context_window"
+    retry = parse_retry_after(headers.get("retry-after"))
+    if retry is None and headers.get("retry-after-ms"):
+        retry = float(headers["retry-after-ms"]) / 1000
+    return UpstreamError(message, status, kind, retry, body)
+
+
+def _message_of(body: Any) -> str | None:
+    """OpenAI {"error": {"message"}}, Anthropic {"error": {"message"}}, Gemini {"error": {"message"}}, Cog {"detail"}."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("detail")
+            return str(msg) if msg else None
+        if isinstance(err, str):
+            return err
+    if isinstance(body, str):
+        return body or None
+    return None

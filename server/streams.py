@@ -1,0 +1,298 @@
+"""Buffered, resumable streams.
+
+Every streamed response is read from its upstream by a background task ("pump") to its
+end, whether or not the client stays. The pump turns upstream items into client-format SSE
+events (through a Relay, one per client format), numbers them (SSE `id:` = index) and keeps
+them in memory for this process, while a flusher writes them in batches through StreamRepo
+so another replica sharing the store can serve a resume. A client that reconnects with
+`?from=N` (or Last-Event-ID) gets exactly the events from index N, byte for byte.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from server.config import StreamsConfig, Timeouts
+from server.logs import log_event
+from server.metrics import Metrics
+from server.providers import UpstreamError
+from server.translate.sse import encode_sse
+
+Event = tuple[str | None, Any]          # (SSE event name or None, data dict or str)
+
+
+class Relay:
+    """Turns upstream items into client-format events; counts usage as it goes."""
+    format = "openai"
+
+    def __init__(self) -> None:
+        self.usage: dict | None = None
+        self.chars = 0                  # streamed text, for counting tokens when the upstream sends no usage
+
+    def observe(self, chunk: dict) -> None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if delta:
+                self.chars += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
+                for call in delta.get("tool_calls") or ():
+                    fn = call.get("function") or {}
+                    self.chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
+            elif choice.get("text"):
+                self.chars += len(choice["text"])
+
+    def events(self, item: Any) -> list[Event]:
+        raise NotImplementedError
+
+    def end(self) -> list[Event]:
+        raise NotImplementedError
+
+    def fail(self, message: str, kind: str) -> list[Event]:
+        raise NotImplementedError
+
+
+class Buffer:
+    def __init__(self, id: str, tenant_id: str, fmt: str, t: Timeouts) -> None:
+        self.id, self.tenant_id, self.format = id, tenant_id, fmt
+        self.events: list[bytes] = []
+        self.size = 0
+        self.done = False
+        self.status = "running"
+        self.flushed = 0                # events already written to the store
+        self.created = False            # its row exists in the store
+        self.stored_final = False
+        self.finished_at: float | None = None
+        self.last_activity = time.monotonic()
+        self.deadline = self.last_activity + t.total
+        self.idle = t.idle
+        self.timed_out: str | None = None
+        self.task: asyncio.Task | None = None
+        self._changed = asyncio.get_running_loop().create_future()
+
+    def append(self, event: str | None, data: Any) -> None:
+        index = len(self.events)
+        raw = encode_sse(data, event, str(index))
+        if index == 0:   # the stream id travels in the first event too (a comment: no SDK trips on it)
+            raw = f": stream {self.id}\n".encode() + raw
+        self.events.append(raw)
+        self.size += len(raw)
+        self.last_activity = time.monotonic()
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._changed.done():
+            self._changed.set_result(None)
+            self._changed = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> None:
+        await asyncio.shield(self._changed)
+
+
+class Streams:
+    def __init__(self, cfg: StreamsConfig, repo: Any, metrics: Metrics, logger: logging.Logger) -> None:
+        self.cfg, self.repo, self.metrics, self.log = cfg, repo, metrics, logger
+        self.live: dict[str, Buffer] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- lifecycle ----
+    def start_background(self) -> None:
+        self._tasks = [asyncio.create_task(self._flusher()), asyncio.create_task(self._watchdog()),
+                       asyncio.create_task(self._purger())]
+
+    async def close(self) -> None:
+        for buf in list(self.live.values()):
+            if buf.task and not buf.done:
+                buf.task.cancel()
+        pumps = [b.task for b in self.live.values() if b.task]
+        if pumps:
+            await asyncio.gather(*pumps, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush_once()
+
+    # ---- producing ----
+    def start(self, tenant_id: str, t: Timeouts, relay: Relay, head: list, rest: AsyncIterator,
+              on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> Buffer:
+        buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
+        self.live[buf.id] = buf
+        buf.task = asyncio.create_task(self._pump(buf, relay, head, rest, on_done))
+        return buf
+
+    async def _pump(self, buf: Buffer, relay: Relay, head: list, rest: AsyncIterator,
+                    on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> None:
+        self.metrics.streams_active.inc()
+        status, error = "ok", None
+        try:
+            for item in head:
+                self._add(buf, relay.events(item))
+            async for item in rest:
+                self._add(buf, relay.events(item))
+            self._add(buf, relay.end())
+        except UpstreamError as e:       # after the first token: never a silent truncation
+            status, error = "partial", e.message
+            self._add(buf, relay.fail(e.message, e.kind), check=False)
+        except _TooBig as e:
+            status, error = "partial", str(e)
+            self._add(buf, relay.fail(str(e), "size"), check=False)
+        except asyncio.CancelledError:   # the watchdog (a timeout), DELETE, or shutdown
+            status = "partial" if buf.timed_out else "cancelled"
+            error = buf.timed_out or "stream cancelled"
+            self._add(buf, relay.fail(error, "timeout" if buf.timed_out else "cancelled"), check=False)
+        except Exception as e:  # noqa: BLE001 - a bug must still close the client's stream and bill
+            status, error = "error", f"internal error: {type(e).__name__}"
+            self.log.exception("stream pump failed", extra={"fields": {"stream_id": buf.id}})
+            self._add(buf, relay.fail("internal gateway error", "internal"), check=False)
+        finally:
+            try:
+                await rest.aclose()
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing a broken upstream
+                pass
+            buf.done, buf.status, buf.finished_at = True, status, time.monotonic()
+            buf._wake()
+            self.metrics.streams_active.dec()
+        await on_done(status, error, relay)
+
+    def _add(self, buf: Buffer, events: list[Event], check: bool = True) -> None:
+        for event, data in events:
+            buf.append(event, data)
+        if check and (len(buf.events) > self.cfg.max_events or buf.size > self.cfg.max_bytes):
+            raise _TooBig(f"stream exceeded the gateway's limit ({self.cfg.max_events} events, "
+                          f"{self.cfg.max_bytes} bytes)")
+
+    # ---- consuming ----
+    def local(self, id: str, tenant_id: str) -> Buffer | None:
+        buf = self.live.get(id)
+        return buf if buf is not None and buf.tenant_id == tenant_id else None
+
+    async def follow(self, buf: Buffer, start: int = 0) -> AsyncIterator[bytes]:
+        """Events from index `start` as they arrive, until the stream ends."""
+        i = start
+        while True:
+            n = len(buf.events)
+            if i < n:
+                yield b"".join(buf.events[i:n]) if n - i > 1 else buf.events[i]
+                i = n
+                continue
+            if buf.done:
+                return
+            await buf.wait()
+
+    async def find(self, id: str, tenant_id: str) -> tuple[str, Any] | None:
+        """("local", Buffer) or ("store", StreamInfo) for a stream this tenant owns; None otherwise."""
+        buf = self.local(id, tenant_id)
+        if buf is not None:
+            return "local", buf
+        if id in self.live or self.repo is None:
+            return None                 # another tenant's: the same answer as a stream that doesn't exist
+        info = await asyncio.to_thread(self.repo.get, id)
+        if info is None or info.tenant_id != tenant_id:
+            return None
+        return "store", info
+
+    async def follow_store(self, id: str, start: int, max_wait: float) -> AsyncIterator[bytes]:
+        """A stream another process is (or was) pumping: what is stored, then poll for more."""
+        i, last_new = start, time.monotonic()
+        while True:
+            info = await asyncio.to_thread(self.repo.get, id)
+            events = await asyncio.to_thread(self.repo.read, id, i)
+            if events:
+                i += len(events)
+                last_new = time.monotonic()
+                yield b"".join(events)
+            if info is None or info.status != "running":   # read after get: nothing can be missing
+                return
+            if time.monotonic() - last_new > max_wait:     # its owner died without finishing it
+                return
+            await asyncio.sleep(self.cfg.poll_interval)
+
+    async def cancel(self, id: str, tenant_id: str) -> bool:
+        buf = self.local(id, tenant_id)
+        if buf is not None:
+            if buf.task and not buf.done:
+                buf.task.cancel()
+                await asyncio.gather(buf.task, return_exceptions=True)
+            return True
+        found = await self.find(id, tenant_id)
+        if found is None:
+            return False
+        # Pumped by another replica: mark it, so readers stop; that replica's upstream runs out on its own.
+        await asyncio.to_thread(self.repo.finish, id, "cancelled")
+        return True
+
+    # ---- background work ----
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.flush_interval)
+            try:
+                await self._flush_once()
+            except Exception:  # noqa: BLE001 - the store being down must not stop serving live streams
+                self.log.exception("stream flush failed")
+
+    async def _flush_once(self) -> None:
+        if self.repo is None:
+            return
+        batch = []
+        for buf in list(self.live.values()):
+            n = len(buf.events)
+            final = buf.done and not buf.stored_final
+            if n > buf.flushed or final or not buf.created:
+                batch.append((buf, buf.flushed, n, final))
+        if batch:
+            await asyncio.to_thread(self._write, batch)
+
+    def _write(self, batch: list[tuple[Buffer, int, int, bool]]) -> None:
+        """Runs in a thread: one pass over every stream with something new."""
+        for buf, start, end, final in batch:
+            if not buf.created:
+                self.repo.create(buf.id, buf.tenant_id, buf.format, {})
+                buf.created = True
+            if end > start:
+                self.repo.append(buf.id, [(i, buf.events[i]) for i in range(start, end)])
+                buf.flushed = end
+            if final:
+                self.repo.finish(buf.id, buf.status)
+                buf.stored_final = True
+
+    async def _watchdog(self) -> None:
+        """Idle and total timeouts of every running stream, checked in one place (no timer per event)."""
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for buf in list(self.live.values()):
+                if buf.done or buf.task is None or buf.timed_out:
+                    continue
+                if now - buf.last_activity > buf.idle:
+                    buf.timed_out = f"upstream stream idle for more than {buf.idle:g}s"
+                elif now > buf.deadline:
+                    buf.timed_out = "upstream stream exceeded the total timeout"
+                if buf.timed_out:
+                    log_event(self.log, "stream timeout", logging.WARNING, stream_id=buf.id, reason=buf.timed_out)
+                    buf.task.cancel()
+
+    async def _purger(self) -> None:
+        """Finished streams leave memory after a short while (the store keeps them for `retention`)."""
+        last_store_purge = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            keep = self.cfg.memory_retention if self.repo is not None else self.cfg.retention
+            for id, buf in list(self.live.items()):
+                if buf.done and buf.finished_at is not None and now - buf.finished_at > keep and \
+                        (self.repo is None or buf.stored_final):
+                    del self.live[id]
+            if self.repo is not None and now - last_store_purge > 60:
+                last_store_purge = now
+                try:
+                    await asyncio.to_thread(self.repo.purge_expired, self.cfg.retention)
+                except Exception:  # noqa: BLE001 - retried in a minute
+                    self.log.exception("stream purge failed")
+
+
+class _TooBig(Exception):
+    pass
