@@ -1,0 +1,236 @@
+"""The Dockerfile of a model image, generated from cog.yaml.
+
+Layers go from the least to the most often changed, so that editing predict.py
+rebuilds only the last layer and a new requirement reinstalls only Python deps:
+
+  base      FROM python:X-slim (or a CUDA image), system packages, the user
+  pip       build-only: pip.conf + CA bundle from the host (never in the final image)
+  deps      /opt/model venv from the requirements file, copied alone first
+  runtime   /opt/cogkit/venv with the server's dependencies
+  final     base + deps + build.run + runtime + the SDK + weights + code + labels
+
+The build context is laid out by the builder (see ContextLayout): project files
+under src/, weights under .cogkit/weights/, generated files under .cogkit/.
+Index credentials and certificates only reach the `pip` stage; the final stage
+copies the finished venvs out of it, so `docker history` and the image's files
+never show them. Only the classic builder's features are used (no BuildKit).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docker.utils.build import exclude_paths
+
+from cogkit import __version__
+from cogkit.build import cuda as cuda_table
+from cogkit.config import Config
+
+PREFIX_ENV = "COGKIT_BASE_IMAGE_PREFIX"
+MODEL_VENV = "/opt/model"
+RUNTIME_VENV = "/opt/cogkit/venv"
+SDK_DIR = "/opt/cogkit/sdk"
+SRC_DIR = "/src"
+PIP_DIR = "/tmp/cogkit-pip"
+FREEZE_FILE = f"{MODEL_VENV}/cogkit-pip-freeze.txt"
+USER_ID = 1000  # numeric, so it works whatever name (if any) the base image gives it
+PORT = 5000
+# The server's own dependencies (pyproject's, less the CLI-only typer and docker).
+RUNTIME_REQUIREMENTS = ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.6", "httpx>=0.27", "pyyaml>=6"]
+
+DEFAULT_WEIGHTS_THRESHOLD = 10 * 1024 * 1024
+WEIGHT_DIRS = ("weights", "checkpoints", "ckpt")
+# Never sent to the engine: VCS data, caches, local environments.
+ALWAYS_IGNORED = [".git", "**/.git", "**/__pycache__", "**/*.pyc", ".cog", ".cogkit", ".venv"]
+
+LABEL_CONFIG = "run.cog.config"
+LABEL_SCHEMA = "run.cog.openapi_schema"
+LABEL_VERSION = "run.cog.version"
+LABEL_FREEZE = "run.cog.pip_freeze"
+
+
+class ContextLayout:
+    """Where the builder puts things in the build context (relative paths)."""
+    dockerfile = "Dockerfile"
+    pip_dir = ".cogkit/pip"            # pip.conf (+ ca.crt): build-only
+    pip_conf = ".cogkit/pip/pip.conf"
+    ca_bundle = ".cogkit/pip/ca.crt"
+    requirements = ".cogkit/requirements.txt"
+    sdk = ".cogkit/sdk"                # copies of the cogkit/ and cog/ packages
+    weights = ".cogkit/weights"        # large files, mirrored at their paths under /src
+    src = "src"
+
+
+@dataclass
+class ProjectFiles:
+    """The project's files (relative paths) split into code and weights."""
+    code: list[str] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)
+
+
+def base_image_prefix(prefix: str | None = None) -> str:
+    """The mirror prefix put before every base image name, e.g. "registry.local/hub/"."""
+    return os.environ.get(PREFIX_ENV, "") if prefix is None else prefix
+
+
+def base_image(config: Config, prefix: str | None = None) -> str:
+    """python:{version}-slim for CPU models, the CUDA image for GPU ones; behind the prefix."""
+    if config.build.gpu:
+        name = cuda_table.choose(config.requirements(), config.build.cuda).image
+    else:
+        name = f"python:{config.build.python_version}-slim"
+    return base_image_prefix(prefix) + name
+
+
+def requirements_text(config: Config) -> str:
+    """The requirements file the deps stage installs from (cog.yaml's, plus the torch index for GPU)."""
+    reqs = config.requirements()
+    lines = []
+    if config.build.gpu and reqs:
+        index = cuda_table.choose(reqs, config.build.cuda).torch_index
+        if index:
+            lines.append(f"--extra-index-url {index}")
+    return "\n".join(lines + reqs) + ("\n" if lines or reqs else "")
+
+
+def select_files(project_dir: str | os.PathLike, separate_weights: bool = False,
+                 threshold: int = DEFAULT_WEIGHTS_THRESHOLD) -> ProjectFiles:
+    """The files that go into the image, honouring .dockerignore; with
+    separate_weights, files of at least `threshold` bytes (other than .py) and
+    everything under a top-level weights/ or checkpoints/ folder are weights."""
+    root = Path(project_dir)
+    patterns = list(ALWAYS_IGNORED)
+    ignore_file = root / ".dockerignore"
+    if ignore_file.is_file():
+        patterns += [line.strip() for line in ignore_file.read_text().splitlines()
+                     if line.strip() and not line.lstrip().startswith("#")]
+    out = ProjectFiles()
+    for rel in sorted(exclude_paths(str(root), patterns, dockerfile=".dockerignore")):
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = rel.replace(os.sep, "/")
+        if separate_weights and _is_weight(rel, path, threshold):
+            out.weights.append(rel)
+        else:
+            out.code.append(rel)
+    return out
+
+
+def _is_weight(rel: str, path: Path, threshold: int) -> bool:
+    if rel.split("/", 1)[0] in WEIGHT_DIRS and "/" in rel:
+        return True
+    return not rel.endswith(".py") and not path.is_symlink() and path.stat().st_size >= threshold
+
+
+def quote_label(value: str) -> str:
+    """A Dockerfile double-quoted word: the builder unescapes \\\\, \\" and \\$ and expands $VARS."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def labels(config: Config, openapi: dict | None, version: str = __version__) -> dict[str, str]:
+    out = {LABEL_CONFIG: json.dumps(config.raw, separators=(",", ":"), sort_keys=True, default=str),
+           LABEL_VERSION: version}
+    if openapi is not None:
+        out[LABEL_SCHEMA] = json.dumps(openapi, separators=(",", ":"), sort_keys=True)
+    return out
+
+
+def run_command(port: int = PORT) -> list[str]:
+    """The image's CMD; pass another port to run it with --network host."""
+    return [f"{RUNTIME_VENV}/bin/python", "-m", "cogkit.runtime", "--project", SRC_DIR,
+            "--python", f"{MODEL_VENV}/bin/python", "--host", "0.0.0.0", "--port", str(port)]
+
+
+def _apt(packages: Iterable[str]) -> str:
+    names = " ".join(shlex.quote(p) for p in packages)
+    # --no-install-recommends and dropped lists keep the layer small; noninteractive avoids tzdata prompts.
+    return ("RUN apt-get update -qq \\\n"
+            f" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {names} \\\n"
+            " && apt-get clean && rm -rf /var/lib/apt/lists/*")
+
+
+def _gpu_python(version: str) -> str:
+    """CUDA images (Ubuntu 22.04) have no Python: 3.10 comes from Ubuntu, others from deadsnakes."""
+    packages = f"python{version} python{version}-venv ca-certificates"
+    if version == "3.10":
+        return _apt(packages.split())
+    return ("RUN apt-get update -qq \\\n"
+            " && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
+            " software-properties-common gpg-agent \\\n"
+            " && add-apt-repository -y ppa:deadsnakes/ppa \\\n"
+            f" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {packages} \\\n"
+            " && apt-get purge -y -qq --auto-remove software-properties-common gpg-agent \\\n"
+            " && apt-get clean && rm -rf /var/lib/apt/lists/*")
+
+
+def _site_packages(venv: str) -> str:
+    return f"\"$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')\""
+
+
+def generate(config: Config, openapi: dict | None = None, *, has_requirements: bool | None = None,
+             has_weights: bool = False, prefix: str | None = None, version: str = __version__) -> str:
+    """The Dockerfile text. `has_requirements` defaults to whether cog.yaml lists any."""
+    b = config.build
+    py = f"python{b.python_version}"
+    if has_requirements is None:
+        has_requirements = bool(config.requirements())
+    L = ContextLayout
+    out = [f"# Generated by cogkit {version} from cog.yaml; for the classic Docker builder.",
+           f"FROM {base_image(config, prefix)} AS base",
+           "ENV PYTHONUNBUFFERED=1 LANG=C.UTF-8"]
+    if config.environment:
+        # cog.yaml's environment applies to the build steps and at run time, as in Cog.
+        out.append("ENV " + " ".join(f"{k}={quote_label(v)}" for k, v in config.environment.items()))
+    if b.gpu:
+        out.append(_gpu_python(b.python_version))
+    out.append(f"RUN (getent passwd {USER_ID} >/dev/null || useradd --uid {USER_ID} --user-group --create-home "
+               f"--shell /bin/sh cog) && mkdir -p {SRC_DIR} && chown {USER_ID}:{USER_ID} {SRC_DIR}")
+    if b.system_packages:
+        out.append(_apt(b.system_packages))
+
+    out += ["", "# Build-only: the host's pip index settings and CA bundle. Nothing of this stage",
+            "# reaches the final image except the venvs copied out of the stages below.",
+            "FROM base AS pip",
+            f"COPY {L.pip_dir}/ {PIP_DIR}/",
+            f"ENV PIP_CONFIG_FILE={PIP_DIR}/pip.conf PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "
+            "PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1"]
+
+    deps = [f"{py} -m venv {MODEL_VENV}"]
+    if has_requirements:
+        deps.append(f"{MODEL_VENV}/bin/pip install --progress-bar off -r {PIP_DIR}/requirements.txt")
+    deps += [f"echo {SDK_DIR} > {_site_packages(MODEL_VENV)}/cogkit-sdk.pth",
+             f"{MODEL_VENV}/bin/python -m pip freeze > {FREEZE_FILE}"]
+    out += ["", "FROM pip AS deps",
+            f"COPY {L.requirements} {PIP_DIR}/requirements.txt",
+            "RUN " + " \\\n && ".join(deps)]
+
+    runtime_reqs = " ".join(shlex.quote(r) for r in RUNTIME_REQUIREMENTS)
+    out += ["", "FROM pip AS runtime",
+            f"RUN {py} -m venv {RUNTIME_VENV} \\\n"
+            f" && {RUNTIME_VENV}/bin/pip install --progress-bar off {runtime_reqs} \\\n"
+            f" && echo {SDK_DIR} > {_site_packages(RUNTIME_VENV)}/cogkit.pth"]
+
+    out += ["", "FROM base",
+            f"COPY --from=deps {MODEL_VENV} {MODEL_VENV}"]
+    out += [f"RUN {cmd}" for cmd in b.run]
+    out += [f"COPY --from=runtime {RUNTIME_VENV} {RUNTIME_VENV}",
+            f"COPY {L.sdk}/ {SDK_DIR}/"]
+    if has_weights:
+        out.append(f"COPY --chown={USER_ID}:{USER_ID} {L.weights}/ {SRC_DIR}/")
+    out += [f"COPY --chown={USER_ID}:{USER_ID} {L.src}/ {SRC_DIR}/",
+            f"WORKDIR {SRC_DIR}",
+            f"EXPOSE {PORT}",
+            f"USER {USER_ID}:{USER_ID}"]
+    out += [f"LABEL {k}={quote_label(v)}" for k, v in labels(config, openapi, version).items()]
+    out.append("CMD " + json.dumps(run_command()))
+    return "\n".join(out) + "\n"
+
+
+def label_dockerfile(image: str) -> str:
+    """The second pass that adds labels only known after the build (pip freeze): no new layer."""
+    return f"FROM {image}\n"
