@@ -103,7 +103,7 @@ class LoggingConfig(_Strict):
 class GatewayConfig(_Strict):
     database_url: str | None = None         # default: sqlite file under the state dir
     redis_url: str | None = None
-    state_dir: str | None = None            # default: ~/.cogkit/gateway
+    state_dir: str | None = None            # where the default SQLite file goes (default: ~/.cogkit)
     master_key: str | None = None           # encrypts provider secrets; default: COGKIT_MASTER_KEY or a key file
     providers: list[ProviderConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
@@ -128,26 +128,14 @@ class GatewayConfig(_Strict):
                     raise ValueError(f"model {m.name!r}: unknown provider {d.provider!r} (have: {', '.join(names)})")
         return self
 
-    def state_path(self) -> Path:
-        path = Path(self.state_dir or os.environ.get("COGKIT_GATEWAY_DIR") or Path.home() / ".cogkit" / "gateway")
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def db_url(self) -> str:
-        return self.database_url or os.environ.get("COGKIT_DATABASE_URL") or f"sqlite:///{self.state_path() / 'gateway.db'}"
-
-    def master_key_bytes(self) -> bytes:
-        """The Fernet key for provider secrets: config, env, or a 0600 file made on first start."""
-        key = self.master_key or os.environ.get("COGKIT_MASTER_KEY")
-        if key:
-            return key.encode()
-        path = self.state_path() / "master.key"
-        if not path.exists():
-            from cryptography.fernet import Fernet
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(Fernet.generate_key())
-        return path.read_bytes().strip()
+    def db_url(self) -> str | None:
+        """None: the store's default (~/.cogkit/gateway.db, or under $COGKIT_HOME)."""
+        if self.database_url or os.environ.get("COGKIT_DATABASE_URL"):
+            return self.database_url or os.environ["COGKIT_DATABASE_URL"]
+        if self.state_dir:
+            Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{Path(self.state_dir) / 'gateway.db'}"
+        return None
 
 
 def _read_yaml(path: Path) -> Any:

@@ -38,6 +38,8 @@ class Metrics:
         provider = call.target.provider if call.target else "none"
         self.requests.labels(call.endpoint, call.model, provider, call.status).inc()
         self.latency.labels(call.model, provider).observe(call.latency_s())
+        if call.overhead is not None:
+            self.overhead.labels(call.endpoint).observe(call.overhead / 1000)
         if call.ttft_s is not None:
             self.ttft.labels(call.model, provider).observe(call.ttft_s)
         if call.input_tokens:

@@ -49,6 +49,7 @@ class Call:
     cached: bool = False
     reservation: Any = None
     ended: float | None = None
+    overhead: float | None = None          # ms, measured when the response headers went out
 
     def latency_s(self) -> float:
         return (self.ended or time.perf_counter()) - self.started
