@@ -1,0 +1,89 @@
+"""Durable stream buffers: the encoded events of a streamed response, by index,
+so a client can reconnect (or another gateway process can serve it) and
+read from where it left off. The live fan-out is `server/streams.py`'s job;
+this is only its storage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, or_, select, update
+
+from . import Store
+from .tables import stream_events, streams, utcnow
+
+
+@dataclass
+class StreamInfo:
+    id: str
+    tenant_id: str
+    format: str
+    status: str                      # "running" until finish(id, status)
+    meta: dict = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_index: int = 0              # one past the highest stored event index
+
+
+class StreamRepo:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, id: str, tenant_id: str, format: str, meta: dict | None = None) -> None:
+        """Start a stream record ("running"); creating an existing id again is a no-op."""
+        now = utcnow()
+        with self.store.begin() as conn:
+            conn.execute(self.store.insert(streams).values(id=id, tenant_id=tenant_id, format=format, meta=meta or {},
+                                                           status="running", created_at=now, updated_at=now)
+                         .on_conflict_do_nothing())
+
+    def append(self, id: str, events: list[tuple[int, bytes]]) -> None:
+        """Store events by index; an index already stored is kept (appends may be retried)."""
+        if not events:
+            return
+        rows = [{"stream_id": id, "idx": int(i), "data": bytes(data)} for i, data in events]
+        with self.store.begin() as conn:
+            conn.execute(self.store.insert(stream_events).on_conflict_do_nothing(), rows)
+            conn.execute(update(streams).where(streams.c.id == id).values(updated_at=utcnow()))
+
+    def finish(self, id: str, status: str) -> None:
+        now = utcnow()
+        with self.store.begin() as conn:
+            conn.execute(update(streams).where(streams.c.id == id)
+                         .values(status=status, finished_at=now, updated_at=now))
+
+    def get(self, id: str) -> StreamInfo | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(streams).where(streams.c.id == id)).mappings().first()
+            if row is None:
+                return None
+            top = conn.execute(select(func.max(stream_events.c.idx))
+                               .where(stream_events.c.stream_id == id)).scalar()
+        return StreamInfo(id=row["id"], tenant_id=row["tenant_id"], format=row["format"], status=row["status"],
+                          meta=row["meta"] or {}, created_at=row["created_at"], updated_at=row["updated_at"],
+                          finished_at=row["finished_at"], next_index=0 if top is None else top + 1)
+
+    def read(self, id: str, from_index: int = 0, limit: int | None = None) -> list[bytes]:
+        """Events with index >= from_index, in index order."""
+        query = (select(stream_events.c.data)
+                 .where(stream_events.c.stream_id == id, stream_events.c.idx >= from_index)
+                 .order_by(stream_events.c.idx))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.store.engine.connect() as conn:
+            return [bytes(data) for data in conn.execute(query).scalars()]
+
+    def purge_expired(self, retention_s: float) -> int:
+        """Delete streams finished (or, if never finished, last touched) more than
+        retention_s ago, with their events. Returns how many streams went."""
+        cutoff = utcnow() - timedelta(seconds=retention_s)
+        old = or_(streams.c.finished_at < cutoff, (streams.c.finished_at.is_(None)) & (streams.c.updated_at < cutoff))
+        with self.store.begin(immediate=True) as conn:
+            ids = list(conn.execute(select(streams.c.id).where(old)).scalars())
+            for start in range(0, len(ids), 500):  # keep IN lists short
+                chunk = ids[start:start + 500]
+                conn.execute(delete(stream_events).where(stream_events.c.stream_id.in_(chunk)))
+                conn.execute(delete(streams).where(streams.c.id.in_(chunk)))
+        return len(ids)

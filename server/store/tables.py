@@ -1,0 +1,141 @@
+"""The gateway's tables, as SQLAlchemy Core objects used to build queries.
+
+The DDL that creates them lives in `migrations.py` (hand-written, versioned);
+keep both in step. Money in `credits` is integer micro-USD so that reserve and
+settle add up exactly; `usage.cost` is the float USD a request was billed.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Integer, LargeBinary,
+                        MetaData, Table, Text)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in and out, whatever the backend.
+
+    PostgreSQL stores timestamptz; SQLite has no time zones, so it stores the
+    naive UTC value. Naive datetimes given to us are taken as UTC already."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# JSONB on PostgreSQL so `metadata ->> 'name'` can be grouped on; JSON text on SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+tenants = Table(
+    "tenants", metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("key_hash", Text, nullable=False, unique=True),   # sha256 hex of the plaintext key
+    Column("prefix", Text, nullable=False),                  # e.g. "ck-AbCdEfG", for display
+    Column("admin", Boolean, nullable=False),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("revoked", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
+provider_secrets = Table(
+    "provider_secrets", metadata,
+    # "" means global (a NULL would not be unique in (tenant_id, name) on either backend).
+    Column("tenant_id", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("ciphertext", Text, nullable=False),              # Fernet token
+    Column("last4", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+usage = Table(
+    "usage", metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("key_id", Text),
+    Column("model", Text, nullable=False),
+    Column("provider", Text),
+    Column("upstream_model", Text),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost", Float, nullable=False),
+    Column("latency_ms", Float),
+    Column("ttft_ms", Float),
+    Column("status", Text, nullable=False),
+    Column("failovers", Integer, nullable=False),
+    Column("attempted", JSONType, nullable=False),
+    Column("metadata", JSONType, nullable=False),
+    Column("stream_id", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+credits = Table(
+    "credits", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("balance_micros", BigInteger),                    # NULL = unlimited
+    Column("reserved_micros", BigInteger, nullable=False),
+    Column("spent_micros", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+rate_counters = Table(
+    "rate_counters", metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("kind", Text, primary_key=True),                  # "requests" | "tokens"
+    Column("window_start", BigInteger, primary_key=True),    # unix seconds, multiple of 60
+    Column("count", BigInteger, nullable=False),
+)
+
+streams = Table(
+    "streams", metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("format", Text, nullable=False),
+    Column("meta", JSONType, nullable=False),
+    Column("status", Text, nullable=False),                  # "running" until finish()
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+)
+
+stream_events = Table(
+    "stream_events", metadata,
+    Column("stream_id", Text, primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)

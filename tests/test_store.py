@@ -1,0 +1,147 @@
+"""The gateway store on a real SQLite file and a real PostgreSQL: migrations,
+UTC timestamps, stream buffers."""
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pg import pg_url  # noqa: F401  (fixture)
+from sqlalchemy import inspect, select, text, update
+
+from server.store import Store, normalize_url
+from server.store.migrations import LATEST, MIGRATIONS
+from server.store.streams import StreamRepo
+from server.store.tables import streams, tenants
+
+TABLES = {"schema_version", "tenants", "api_keys", "provider_secrets", "usage", "credits", "rate_counters",
+          "streams", "stream_events"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gw.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url: str):
+    s = Store(store_url)
+    yield s
+    s.close()
+
+
+def test_url_normalization(tmp_path: Path) -> None:
+    assert normalize_url(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
+    assert normalize_url("postgres://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_url(None).startswith("sqlite:///")
+    with pytest.raises(ValueError, match="unsupported"):
+        Store("mysql://u@h/db")
+
+
+def test_migrations_create_all_tables_and_run_twice(store: Store, store_url: str) -> None:
+    assert store.version == LATEST
+    assert TABLES <= set(inspect(store.engine).get_table_names())
+    assert store.migrate() == LATEST           # again, same object
+    again = Store(store_url)                    # again, as a second process would on start
+    try:
+        assert again.version == LATEST
+        with again.engine.connect() as conn:
+            versions = list(conn.execute(text("SELECT version FROM schema_version ORDER BY version")).scalars())
+        assert versions == [number for number, _ in MIGRATIONS]
+    finally:
+        again.close()
+
+
+def test_concurrent_first_starts_migrate_once(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    from pg import create_database, drop_database
+    for url in (f"sqlite:///{tmp_path / 'race.db'}", create_database()):
+        errors: list[BaseException] = []
+        stores: list[Store] = []
+
+        def start() -> None:
+            try:
+                stores.append(Store(url))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not errors, errors
+        assert all(s.version == LATEST for s in stores)
+        with stores[0].engine.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM schema_version")).scalar() == len(MIGRATIONS)
+        for s in stores:
+            s.close()
+        if url.startswith("postgresql"):
+            drop_database(url)
+
+
+def test_sqlite_is_wal_with_busy_timeout(tmp_path: Path) -> None:
+    s = Store(tmp_path / "gw.db")
+    try:
+        with s.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        assert (tmp_path / "gw.db").exists()
+    finally:
+        s.close()
+
+
+def test_timestamps_are_utc(store: Store) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    when = datetime(2024, 5, 1, 14, 30, 0, 123000, tzinfo=plus2)
+    tid = f"t{uuid.uuid4().hex[:8]}"
+    with store.begin() as conn:
+        conn.execute(tenants.insert().values(id=tid, name=tid, created_at=when))
+    with store.engine.connect() as conn:
+        got = conn.execute(select(tenants.c.created_at).where(tenants.c.id == tid)).scalar_one()
+        # Comparisons in SQL use the same conversion, whatever zone the bound value is in.
+        found = conn.execute(select(tenants.c.id).where(
+            tenants.c.id == tid, tenants.c.created_at == datetime(2024, 5, 1, 12, 30, 0, 123000))).scalar()
+    assert got == when and got.tzinfo == timezone.utc and got.hour == 12
+    assert found == tid
+
+
+def test_stream_repo(store: Store) -> None:
+    repo = StreamRepo(store)
+    sid = f"s-{uuid.uuid4().hex}"
+    assert repo.get(sid) is None
+    repo.create(sid, "acme", "openai", {"model": "gpt-x"})
+    repo.create(sid, "acme", "openai", {"model": "retried"})        # a retried create changes nothing
+    info = repo.get(sid)
+    assert (info.status, info.tenant_id, info.format, info.meta, info.next_index) == \
+        ("running", "acme", "openai", {"model": "gpt-x"}, 0)
+    repo.append(sid, [(0, b"data: a\n\n"), (1, b"data: b\n\n")])
+    repo.append(sid, [(1, b"retried"), (2, b"\x00\xffbinary")])   # index 1 already there: kept
+    repo.append(sid, [])
+    assert repo.read(sid, 0) == [b"data: a\n\n", b"data: b\n\n", b"\x00\xffbinary"]
+    assert repo.read(sid, 2) == [b"\x00\xffbinary"]
+    assert repo.read(sid, 1, limit=1) == [b"data: b\n\n"]
+    assert repo.read(sid, 9) == []
+    repo.finish(sid, "ok")
+    info = repo.get(sid)
+    assert info.status == "ok" and info.finished_at is not None and info.next_index == 3
+    assert info.created_at.tzinfo == timezone.utc
+
+
+def test_stream_purge(store: Store) -> None:
+    repo = StreamRepo(store)
+    old_done, old_open, fresh = (f"s-{uuid.uuid4().hex}" for _ in range(3))
+    for sid in (old_done, old_open, fresh):
+        repo.create(sid, "acme", "anthropic")
+        repo.append(sid, [(0, b"x")])
+    repo.finish(old_done, "ok")
+    hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    with store.begin() as conn:
+        conn.execute(update(streams).where(streams.c.id == old_done).values(finished_at=hour_ago))
+        conn.execute(update(streams).where(streams.c.id == old_open).values(updated_at=hour_ago))
+    assert repo.purge_expired(600) >= 2
+    assert repo.get(old_done) is None and repo.get(old_open) is None
+    assert repo.read(old_done, 0) == [] and repo.read(old_open, 0) == []
+    assert repo.get(fresh) is not None and repo.read(fresh, 0) == [b"x"]
