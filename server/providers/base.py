@@ -38,8 +38,8 @@ class UpstreamError(Exception):
     def client_status(self) -> int:
         if self.kind == "timeout":
             return 504
-        if self.kind in ("connect", "stream"):
-            return 502
+        if self.kind in ("connect", "stream") or self.status in (401, 403, 407):
+            return 502      # an upstream refusing the gateway's own credentials is not the caller's fault
         return self.status or 502
 
 
