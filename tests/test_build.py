@@ -74,17 +74,14 @@ def test_layers_go_from_least_to_most_often_changed(tmp_path: Path) -> None:
     copy_line = next(line for line in text.splitlines() if "requirements.txt" in line and line.startswith("COPY"))
     assert copy_line == "COPY .cogkit/requirements.txt /tmp/cogkit-pip/requirements.txt"
     assert text.rstrip().endswith(json.dumps(df.run_command()))
+    assert df._run_step("if x; then\n  y\nfi") == "RUN printf '%s\\n' 'if x; then' '  y' fi | sh -e"
 
 
-def test_labels_config_schema_version(tmp_path: Path) -> None:
+def test_labels_are_escaped_json(tmp_path: Path) -> None:
     text = dockerfile_for(tmp_path, COG_YAML)
-    labels = {line.split("=", 1)[0][6:]: line.split("=", 1)[1] for line in text.splitlines()
-              if line.startswith("LABEL ")}
+    labels = dict(line[6:].split("=", 1) for line in text.splitlines() if line.startswith("LABEL "))
     assert set(labels) == {df.LABEL_CONFIG, df.LABEL_SCHEMA, df.LABEL_VERSION}
     assert labels[df.LABEL_SCHEMA] == df.quote_label('{"openapi":"3.0.2"}')
-
-
-def test_quote_label_escapes_what_the_builder_unescapes() -> None:
     assert df.quote_label('a "b" \\ $HOME') == '"a \\"b\\" \\\\ \\$HOME"'
 
 
@@ -110,6 +107,10 @@ def test_gpu_picks_the_cuda_image_and_torch_index(tmp_path: Path) -> None:
     assert "python3.11 python3.11-venv" in text  # CUDA images have no Python of their own
     assert df.requirements_text(load_config(tmp_path)).splitlines() == [
         "--extra-index-url https://download.pytorch.org/whl/cu121", "torch==2.3.1"]
+    write_project(tmp_path, 'build:\n  gpu: true\n  cuda: "12.4"\n  python_packages: ["torch==2.1.2"]\n'
+                            'predict: "predict.py:Predictor"\n')
+    with pytest.raises(CudaError, match="torch 2.1 has no build for CUDA 12.4"):
+        df.generate(load_config(tmp_path))
 
 
 def test_cuda_table() -> None:
@@ -123,13 +124,8 @@ def test_cuda_table() -> None:
         choose([], "10.2")
     with pytest.raises(CudaError, match="torch 1.5 is not in cogkit's torch/CUDA table.*set build.cuda"):
         choose(["torch==1.5.0"], None)
-
-
-def test_gpu_error_surfaces_from_generate(tmp_path: Path) -> None:
-    write_project(tmp_path, 'build:\n  gpu: true\n  cuda: "12.4"\n  python_packages: ["torch==2.1.2"]\n'
-                            'predict: "predict.py:Predictor"\n')
-    with pytest.raises(CudaError, match="torch 2.1 has no build for CUDA 12.4"):
-        df.generate(load_config(tmp_path))
+    with pytest.raises(CudaError, match="no torch build for CUDA 12.2"):
+        choose(["torch"], "12.2")
 
 
 def test_select_files_weights_and_dockerignore(tmp_path: Path) -> None:
@@ -185,58 +181,55 @@ def test_image_references() -> None:
     assert registry.split_ref("127.0.0.1:5050/ns/m") == ("127.0.0.1:5050/ns/m", "latest")
 
 
-class Recorder:
-    """A real HTTP server that records requests and answers with a fixed status."""
+class Recorder(http.server.ThreadingHTTPServer):
+    """A real HTTP server on 127.0.0.1 that records requests and answers with a fixed status."""
 
-    def __init__(self, status: int = 201, body: dict | None = None) -> None:
+    def __init__(self, status: int, body: dict) -> None:
         self.requests: list[dict] = []
-        recorder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
                 pass
 
-            def _record(self) -> None:
+            def do_GET(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length") or 0)
-                recorder.requests.append({"method": self.command, "path": self.path,
-                                          "headers": dict(self.headers), "body": self.rfile.read(length)})
-                data = json.dumps(body if body is not None else {"detail": "not here"}).encode()
+                self.server.requests.append({"method": self.command, "path": self.path,  # type: ignore[attr-defined]
+                                             "headers": dict(self.headers), "body": self.rfile.read(length)})
+                data = json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = _record  # noqa: N815
+            do_POST = do_GET  # noqa: N815
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
-def test_register_version_posts_the_documented_body() -> None:
-    platform = Recorder(201, {"id": "v1", "model": "acme/hello"})
-    try:
-        out = registry.register_version(platform.url + "/", "acme", "hello", "r/acme/hello:1", "sha256:" + "a" * 64,
-                                        {"openapi": "3.0.2"}, "tok", cog_config={"predict": "predict.py:Predictor"})
-        assert out == {"id": "v1", "model": "acme/hello"}
-        request = platform.requests[0]
-        assert (request["method"], request["path"]) == ("POST", "/v1/models/acme/hello/versions")
-        assert request["headers"]["Authorization"] == "Bearer tok"
-        assert json.loads(request["body"]) == {"image": "r/acme/hello:1", "digest": "sha256:" + "a" * 64,
-                                               "openapi_schema": {"openapi": "3.0.2"},
-                                               "cog_config": {"predict": "predict.py:Predictor"}}
-    finally:
-        platform.close()
-    refusing = Recorder(401, {"detail": "bad token"})
-    try:
-        with pytest.raises(registry.AuthError, match="refused the token.*bad token"):
-            registry.register_version(refusing.url, "acme", "hello", "i", "d", {}, "wrong")
-    finally:
-        refusing.close()
+@pytest.fixture
+def recorder() -> Iterator:
+    servers: list[Recorder] = []
+    yield lambda status, body: servers.append(Recorder(status, body)) or servers[-1]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_register_version_posts_the_documented_body(recorder) -> None:
+    platform = recorder(201, {"id": "v1", "model": "acme/hello"})
+    out = registry.register_version(platform.url + "/", "acme", "hello", "r/acme/hello:1", "sha256:" + "a" * 64,
+                                    {"openapi": "3.0.2"}, "tok", cog_config={"predict": "predict.py:Predictor"})
+    assert out == {"id": "v1", "model": "acme/hello"}
+    request = platform.requests[0]
+    assert (request["method"], request["path"]) == ("POST", "/v1/models/acme/hello/versions")
+    assert request["headers"]["Authorization"] == "Bearer tok"
+    assert json.loads(request["body"]) == {"image": "r/acme/hello:1", "digest": "sha256:" + "a" * 64,
+                                           "openapi_schema": {"openapi": "3.0.2"},
+                                           "cog_config": {"predict": "predict.py:Predictor"}}
+    with pytest.raises(registry.AuthError, match="refused the token.*bad token"):
+        registry.register_version(recorder(401, {"detail": "bad token"}).url, "acme", "hello", "i", "d", {}, "no")
 
 
 # --- against the real engine and registry ------------------------------------------
@@ -278,8 +271,8 @@ def build(project: Path, tag: str, cleanup: list[str], **kwargs) -> builder.Buil
     return result
 
 
-def start(engine, image: str, cleanup: list[str]) -> str:
-    """Run the image on a free port of 127.0.0.1 (host network); returns its base URL once READY."""
+def start(engine, image: str, cleanup: list[str]) -> tuple[str, str]:
+    """Run the image on a free port of 127.0.0.1 (host network); (base URL, container) once READY."""
     port = free_port()
     command = df.run_command(port)
     command[command.index("--host") + 1] = "127.0.0.1"
@@ -287,15 +280,12 @@ def start(engine, image: str, cleanup: list[str]) -> str:
                                         host_config=engine.create_host_config(network_mode="host"))["Id"]
     cleanup.append("container:" + container)
     engine.start(container)
-    url = f"http://127.0.0.1:{port}"
-    deadline, last = time.monotonic() + 90, None
-    while time.monotonic() < deadline:
-        if engine.inspect_container(container)["State"]["Status"] == "exited":
-            break
+    url, deadline, last = f"http://127.0.0.1:{port}", time.monotonic() + 90, None
+    while time.monotonic() < deadline and engine.inspect_container(container)["State"]["Status"] != "exited":
         try:
             last = httpx.get(url + "/health-check", timeout=5).json()
             if last.get("status") == "READY":
-                return url
+                return url, container
         except httpx.TransportError:
             pass
         time.sleep(0.2)
@@ -303,14 +293,13 @@ def start(engine, image: str, cleanup: list[str]) -> str:
     raise AssertionError(f"the container never became READY (last health {last}); its logs:\n{logs}")
 
 
-def predict(url: str, name: str) -> dict:
+def predict(url: str, name: str) -> str:
     response = httpx.post(url + "/predictions", json={"input": {"name": name}}, timeout=60)
     assert response.status_code == 200, response.text
-    return response.json()
+    return response.json()["output"]
 
 
-def exec_in(engine, container_url_cleanup: list[str], cmd: list[str]) -> tuple[int, str]:
-    container = next(i[10:] for i in reversed(container_url_cleanup) if i.startswith("container:"))
+def exec_in(engine, container: str, cmd: list[str]) -> tuple[int, str]:
     exec_id = engine.exec_create(container, cmd)["Id"]
     out = engine.exec_start(exec_id).decode(errors="replace")
     return engine.exec_inspect(exec_id)["ExitCode"], out
@@ -330,14 +319,14 @@ def test_build_run_push_pull_by_digest(engine, tmp_path: Path, cleanup: list[str
     assert labels[df.LABEL_VERSION] == df.__version__
     assert "six==1.16.0" in labels[df.LABEL_FREEZE].splitlines()
 
-    url = start(engine, tag, cleanup)
-    assert predict(url, "builder")["output"] == "hello builder"
+    url, container = start(engine, tag, cleanup)
+    assert predict(url, "builder") == "hello builder"
     # Non-root, and nothing of the build left behind: no pip config, cache or compiler.
     assert engine.inspect_image(tag)["Config"]["User"] == "1000:1000"
-    assert exec_in(engine, cleanup, ["sh", "-c", "id -u; stat -c %u /src/predict.py"])[1].split() == ["1000", "1000"]
+    assert exec_in(engine, container, ["sh", "-c", "id -u; stat -c %u /src/predict.py"])[1].split() == ["1000", "1000"]
     for leftover in ("/tmp/cogkit-pip", "/root/.cache/pip", "/home/cog/.cache/pip"):
-        assert exec_in(engine, cleanup, ["test", "-e", leftover])[0] == 1, leftover
-    assert exec_in(engine, cleanup, ["sh", "-c", "command -v gcc cc"])[0] != 0
+        assert exec_in(engine, container, ["test", "-e", leftover])[0] == 1, leftover
+    assert exec_in(engine, container, ["sh", "-c", "command -v gcc cc"])[0] != 0
 
     # Push, forget the local copy, pull it back by digest and predict again.
     remote = f"{REGISTRY}/cogkit-test/hello-{uuid.uuid4().hex[:8]}:v1"
@@ -357,8 +346,7 @@ def test_build_run_push_pull_by_digest(engine, tmp_path: Path, cleanup: list[str
         assert "error" not in chunk, chunk
     cleanup.append(by_digest)
     assert by_digest in engine.inspect_image(by_digest)["RepoDigests"]
-    url = start(engine, by_digest, cleanup)
-    assert predict(url, "again")["output"] == "hello again"
+    assert predict(start(engine, by_digest, cleanup)[0], "again") == "hello again"
 
 
 def test_editing_predict_rebuilds_only_the_code_layer(engine, tmp_path: Path, cleanup: list[str]) -> None:
@@ -388,22 +376,19 @@ def test_editing_predict_rebuilds_only_the_code_layer(engine, tmp_path: Path, cl
     assert engine.history(second.id)[0]["Size"] == 0  # labels: no layer
     code_layer = next(h["Size"] for h in engine.history(second.id) if h["Size"])  # newest first
     assert code_layer < 50_000
-    url = start(engine, second.image, cleanup)
-    assert predict(url, "w")["output"] == "hello w"
-    code, out = exec_in(engine, cleanup, ["sh", "-c", "stat -c '%s %u' /src/weights/model.bin"])
+    url, container = start(engine, second.image, cleanup)
+    assert predict(url, "w") == "hello w"
+    code, out = exec_in(engine, container, ["sh", "-c", "stat -c '%s %u' /src/weights/model.bin"])
     assert out.strip() == f"{2 * 1024 * 1024} 1000"
 
 
-def test_host_pip_index_reaches_the_build_but_not_the_image(engine, tmp_path: Path, cleanup: list[str],
+def test_host_pip_index_reaches_the_build_but_not_the_image(engine, tmp_path: Path, cleanup: list[str], recorder,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "s3cret-" + uuid.uuid4().hex
-    index = Recorder(404)  # an extra index that has nothing: pip falls back to the main one
-    try:
-        monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"http://token:{secret}@127.0.0.1:{index.url.rsplit(':', 1)[1]}/simple")
-        monkeypatch.setenv("PIP_TRUSTED_HOST", "127.0.0.1")
-        result = build(write_project(tmp_path / "p"), f"cogkit-test/secret:{uuid.uuid4().hex[:8]}", cleanup)
-    finally:
-        index.close()
+    index = recorder(404, {})  # an extra index that has nothing: pip falls back to the main one
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"http://token:{secret}@{index.url[7:]}/simple")
+    monkeypatch.setenv("PIP_TRUSTED_HOST", "127.0.0.1")
+    result = build(write_project(tmp_path / "p"), f"cogkit-test/secret:{uuid.uuid4().hex[:8]}", cleanup)
     auth = [r["headers"].get("Authorization", "") for r in index.requests]
     assert f"Basic {base64.b64encode(f'token:{secret}'.encode()).decode()}" in auth  # pip used the host setting
     assert secret not in json.dumps(engine.history(result.id)) + json.dumps(engine.inspect_image(result.id))
@@ -423,7 +408,7 @@ def test_failing_step_shows_the_step_and_its_output(engine, tmp_path: Path, clea
         build(project, f"cogkit-test/fail:{uuid.uuid4().hex[:8]}", cleanup)
     assert "RUN echo about to fail && exit 3" in info.value.step
     assert "about to fail" in info.value.tail
-    assert "returned a non-zero code: 3" in str(info.value)
+    assert str(info.value).endswith("about to fail\n(the command exited with code 3)")
 
 
 def test_missing_base_image_is_named(engine, tmp_path: Path) -> None:

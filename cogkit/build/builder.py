@@ -194,6 +194,10 @@ def write_context(config: Config, dockerfile_text: str, files: df.ProjectFiles,
 
 # --- the build -------------------------------------------------------------------
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the engine colours a step's stderr red
+_BUILDER_NOISE = re.compile(r"\s*(---> |Removing intermediate container )")
+
+
 class _Stream:
     """Follows the engine's JSON messages: prints them, remembers the step and its output."""
 
@@ -211,19 +215,22 @@ class _Stream:
         text = chunk.get("stream") or chunk.get("status")
         if not text:
             return
-        for line in str(text).splitlines():
+        for line in _ANSI.sub("", str(text)).splitlines():
             line = line.rstrip()
             if not line:
                 continue
             if re.match(r"Step \d+/\d+ : ", line):
                 self.step, self.tail = line, []
-            else:
+            elif not _BUILDER_NOISE.match(line):
                 self.tail = [*self.tail[-(TAIL_LINES - 1):], line]
             # Long lines (the schema LABEL) would flood a terminal; the step keeps its full text.
             self.progress(line if len(line) <= 240 else line[:237] + "...")
 
     def fail(self, error: str) -> None:
         error = error.strip()
+        code = re.search(r"returned a non-zero code: (\d+)$", error)
+        if code:  # the engine repeats the whole command; the step line already shows it
+            error = f"(the command exited with code {code.group(1)})"
         if self.step:
             raise StepFailed(f"the build failed at {self.step}\n" + "".join(f"  | {t}\n" for t in self.tail)
                              + f"{error}", self.step, self.tail)
@@ -292,7 +299,7 @@ def build(project_dir: str | os.PathLike = ".", tag: str | None = None, *, separ
 
     started = time.monotonic()
     config = load_config(project_dir)
-    if openapi is None and config.predict:
+    if openapi is None and (config.predict or config.train):
         openapi = build_openapi(config.project_dir, config.predict, config.train)
     tag = tag or default_tag(config)
     client = client or connect()

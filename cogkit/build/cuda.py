@@ -93,7 +93,13 @@ def choose(requirements: list[str], cuda: str | None) -> CudaChoice:
         return CudaChoice(chosen, CUDA_IMAGES[chosen], torch, torch_index(chosen))
     chosen = wanted or DEFAULT_CUDA
     # torch without a pin: let pip pick the newest torch, from the index for this CUDA.
-    index = torch_index(chosen) if wants_torch(requirements) else None
+    index = None
+    if wants_torch(requirements):
+        known = sorted({c for versions in TORCH_CUDA.values() for c in versions}, reverse=True)
+        if chosen not in known:
+            raise CudaError(f"there is no torch build for CUDA {chosen} (build.cuda is {cuda}); "
+                            f"torch is built for CUDA {', '.join(known)}")
+        index = torch_index(chosen)
     return CudaChoice(chosen, CUDA_IMAGES[chosen], None, index)
 
 

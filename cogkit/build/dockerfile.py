@@ -168,6 +168,15 @@ def _gpu_python(version: str) -> str:
             " && apt-get clean && rm -rf /var/lib/apt/lists/*")
 
 
+def _run_step(command: str) -> str:
+    """A build.run command; a multi-line script (YAML `|`) is fed to sh line by line, since a
+    Dockerfile line cannot hold newlines and joining them would change what the shell runs."""
+    lines = command.strip().splitlines()
+    if len(lines) <= 1:
+        return f"RUN {command.strip()}"
+    return "RUN printf '%s\\n' " + " ".join(shlex.quote(line) for line in lines) + " | sh -e"
+
+
 def _site_packages(venv: str) -> str:
     return f"\"$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')\""
 
@@ -217,7 +226,7 @@ def generate(config: Config, openapi: dict | None = None, *, has_requirements: b
 
     out += ["", "FROM base",
             f"COPY --from=deps {MODEL_VENV} {MODEL_VENV}"]
-    out += [f"RUN {cmd}" for cmd in b.run]
+    out += [_run_step(cmd) for cmd in b.run]
     out += [f"COPY --from=runtime {RUNTIME_VENV} {RUNTIME_VENV}",
             f"COPY {L.sdk}/ {SDK_DIR}/"]
     if has_weights:
