@@ -63,7 +63,8 @@ class GatewayProc:
         raise AssertionError("gateway did not start")
 
     def logs(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def http(self, key: str | None = None, **kw) -> httpx.Client:
