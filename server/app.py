@@ -21,7 +21,7 @@ from server.api.deps import error_body, error_response, install_error_handlers, 
 from server.auth import Auth, KeyInfo
 from server.catalog import Catalog, UnknownModel
 from server.config import GatewayConfig
-from server.ledger import Ledger, UsageRecord
+from server.ledger import Ledger, Reservation, UsageRecord
 from server.logs import log_call, setup_logging
 from server.metrics import Metrics
 from server.providers import Provider, Unsupported, UpstreamError, make_provider
@@ -32,6 +32,8 @@ from server.streams import Relay, Streams
 
 CHARS_PER_TOKEN = 4           # the gateway's own token count, when an upstream reports none
 DEFAULT_MAX_OUTPUT = 1024     # output tokens assumed for a credit reservation without max_tokens
+UNLIMITED_TTL = 1.0           # seconds a tenant seen without a credit balance skips the reservation round trip
+BILLING_INTERVAL = 0.02       # seconds finished requests wait to be billed together
 
 
 class Gateway:
@@ -51,7 +53,8 @@ class Gateway:
         self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log)
         self.cache = ResponseCache(config.cache) if config.cache.enabled else None
         self._keys: dict[str, tuple[float, KeyInfo]] = {}     # sha256(key) -> (expires, info)
-        self._background: set[asyncio.Task] = set()
+        self._unlimited: dict[str, float] = {}               # tenant -> until when it is known unlimited
+        self._bills: list[tuple] = []                         # (reservation, key, output tokens, UsageRecord)
 
     def _secret_source(self, secret: str | None, env: str | None):
         if not secret and not env:
@@ -65,11 +68,15 @@ class Gateway:
 
     async def startup(self) -> None:
         self.streams.start_background()
+        self._bills_ready = asyncio.Event()
+        self._biller_task = asyncio.create_task(self._biller())
 
     async def shutdown(self) -> None:
-        await self.streams.close()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.streams.close()             # ends every stream, which queues its bill
+        self._biller_task.cancel()
+        await asyncio.gather(self._biller_task, return_exceptions=True)
+        batch, self._bills = self._bills, []
+        await asyncio.to_thread(self._bill, batch)
         for provider in self.providers.values():
             await provider.aclose()
         self.store.close()
@@ -103,10 +110,19 @@ class Gateway:
         estimate = target.cost(tokens_in, int(max_out)) if target else 0.0
         call.input_tokens = tokens_in
 
+        now = time.monotonic()
+        if key.rpm is None and key.tpm is None and self._unlimited.get(key.tenant_id, 0.0) > now:
+            # Known unlimited a moment ago: nothing to hold, no store round trip on the hot path.
+            # (settle still charges the spend; a balance set meanwhile applies within UNLIMITED_TTL.)
+            call.reservation = Reservation(key.tenant_id, 0, limited=False)
+            return
+
         def work():
             self.ledger.check_rate(key, tokens_in)
             return self.ledger.reserve(key.tenant_id, estimate)
         call.reservation = await asyncio.to_thread(work)
+        if not call.reservation.limited:
+            self._unlimited[key.tenant_id] = now + UNLIMITED_TTL
 
     def finish(self, call: Call, key: KeyInfo, status: str | None = None, error: str | None = None) -> None:
         """Bill and record after the response: settle, usage row, token count; in a thread, in the background."""
@@ -126,19 +142,28 @@ class Gateway:
             ttft_ms=round(call.ttft_s * 1000, 3) if call.ttft_s is not None else None,
             status=call.status, failovers=call.failovers, attempted=list(call.attempted),
             metadata=call.metadata, stream_id=call.stream_id)
+        self._bills.append((call.reservation, key, call.output_tokens, record))
+        self._bills_ready.set()
 
-        def work() -> None:
+    async def _biller(self) -> None:
+        """Billing after responses, batched: one thread hop for everything finished meanwhile."""
+        while True:
+            await self._bills_ready.wait()
+            await asyncio.sleep(BILLING_INTERVAL)
+            self._bills_ready.clear()
+            batch, self._bills = self._bills, []
+            await asyncio.to_thread(self._bill, batch)
+
+    def _bill(self, batch: list) -> None:
+        for reservation, key, output_tokens, record in batch:
             try:
-                if call.reservation is not None:
-                    self.ledger.settle(call.reservation, record.cost)
-                if call.output_tokens:
-                    self.ledger.count_tokens(key, call.output_tokens)
+                if reservation is not None:
+                    self.ledger.settle(reservation, record.cost)
+                if output_tokens:
+                    self.ledger.count_tokens(key, output_tokens)
                 self.ledger.record(record)
             except Exception:  # noqa: BLE001 - a billing failure is logged, never raised at a finished response
-                self.log.exception("recording usage failed", extra={"fields": {"request_id": call.request_id}})
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(work))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+                self.log.exception("recording usage failed", extra={"fields": {"request_id": record.request_id}})
 
     def headers(self, call: Call) -> dict[str, str]:
         call.overhead = call.overhead_ms()     # until the answer starts: streaming time is not ours

@@ -83,7 +83,7 @@ class StreamsConfig(_Strict):
     retention: float = 3600.0               # seconds a finished stream can still be resumed
     max_events: int = 100_000
     max_bytes: int = 64 * 1024 * 1024
-    flush_interval: float = 0.05            # seconds between batched writes to the store
+    flush_interval: float = 0.1             # seconds between batched writes to the store
     poll_interval: float = 0.1              # how often a replica without the stream looks for new events
     memory_retention: float = 30.0          # seconds a finished stream stays in memory (then: the store)
 

@@ -155,3 +155,23 @@ def test_metrics_endpoint(gw):
     for name in ("cogkit_gateway_request_seconds_bucket", "cogkit_gateway_tokens_total",
                  "cogkit_gateway_overhead_seconds_bucket"):
         assert name in text
+
+
+def test_gemini_streaming_and_completions_streaming(gw):
+    client = gw.openai(gw.admin_key)
+    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="gemini-flash", stream=True, messages=[{"role": "user", "content": "from gemini"}]) if c.choices]
+    assert "".join(parts) == "Echo: from gemini"
+    text = "".join(c.choices[0].text for c in client.completions.create(model="gpt-4o-mini", prompt="abc def",
+                                                                         stream=True) if c.choices)
+    assert "abc def" in text
+    with pytest.raises(openai.BadRequestError, match="embeddings"):
+        client.embeddings.create(model="claude-sonnet", input="x")
+
+
+def test_first_start_prints_the_admin_key_once(gw, gateway):
+    assert gw.admin_key and gw.admin_key.startswith("ck-")
+    gw.close()
+    again = gateway({"providers": [], "models": []}, name="again")   # same state dir, same store
+    assert again.admin_key is None and any("cogkit gateway on" in line for line in again.stdout)
+    assert again.http(gw.admin_key).get("/v1/models").status_code == 200

@@ -157,3 +157,12 @@ def test_context_window_error_routes_to_the_larger_model(fakes, gateway):
     raw = g.openai(g.admin_key).chat.completions.with_raw_response.create(
         model="short", messages=[{"role": "user", "content": "this prompt is longer than five tokens for sure"}])
     assert _served(raw) == ("big", "small,big")
+
+
+def test_latency_strategy_prefers_the_faster_deployment(pair):
+    g = pair(routing={"strategy": "latency"})
+    g.primary.configure(token_delay=0.15)         # slower to its first token
+    client = g.openai(g.admin_key)
+    served = [client.chat.completions.with_raw_response.create(model="m", messages=MSG, stream=True)
+              .headers["x-cogkit-provider"] for _ in range(6)]
+    assert served[-3:] == ["backup"] * 3

@@ -43,10 +43,13 @@ class OpenAICompatProvider(Provider):
         return await self.post_json(f"{self.base_url}/embeddings", {**req, "model": model}, await self._headers(), t)
 
     async def _chunks(self, url: str, body: dict, t: Timeouts) -> AsyncIterator[dict]:
-        finished = False
+        finished = done = False
         async for _event, data in self.sse(url, body, await self._headers(), t):
+            if done:
+                continue      # read the body to its end, so the connection goes back to the pool
             if data == "[DONE]":
-                return
+                done = finished = True
+                continue
             try:
                 chunk = json.loads(data)
             except ValueError as e:

@@ -1,0 +1,243 @@
+"""The same streaming load, in one run, straight to a fake OpenAI provider, through the cogkit
+gateway, and through LiteLLM's proxy (all pointing at that one fake), at 1, 16 and 256
+concurrent streams: requests/s, added latency p50/p99, added time to first token, and the
+gateway's RSS after the run. Everything listens on 127.0.0.1; every loop is bounded.
+
+    python benchmarks/gateway_vs_litellm.py                     # LiteLLM if it can be found
+    python benchmarks/gateway_vs_litellm.py --litellm-python /path/to/venv/bin/python
+
+LiteLLM: `pip install 'litellm[proxy]'` (best in its own virtualenv: it pins its own versions of
+fastapi and friends); this script looks for it in this Python, in $LITELLM_PYTHON, and in
+~/.cache/cogkit-litellm-venv. Without it, those rows say so and the rest still runs.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LITELLM_KEY = "sk-bench-master-key"
+PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, headers: dict | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
+
+
+# The fake OpenAI server of tests/fakes, in its own process, on a socket uvicorn makes itself
+# (so TCP_NODELAY is on, as for any real server: without it every keep-alive request waits ~40 ms
+# on Nagle + delayed ACK, which would swamp what we measure).
+FAKE = ("import sys, uvicorn; from tests.fakes import create_app; from tests.fakes.faults import FakeState; "
+        "uvicorn.run(create_app('openai', FakeState('openai', api_key=None, token_delay=float(sys.argv[2]))), "
+        "host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', access_log=False, backlog=4096)")
+
+
+def start_fake(token_delay: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(port), str(token_delay)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/_stats", proc, 30)
+    return proc, url + "/v1"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_gateway(fake_url: str, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+    config = {"state_dir": str(workdir / "gw"), "logging": {"level": "WARNING"},
+              "providers": [{"name": "fake", "kind": "openai", "base_url": fake_url, "api_key": "bench"}],
+              "models": [{"name": "m", "input_price": 0.15, "output_price": 0.6,
+                          "deployments": [{"provider": "fake", "model": "gpt-4o-mini"}]}]}
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "server.gateway_cli", "--config", str(path), "--port", str(port)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COGKIT_HOME": str(workdir)},
+                            stdout=subprocess.PIPE, stderr=open(workdir / "gateway.log", "wb"), text=True)
+    key = ""
+    for line in proc.stdout:          # the admin key comes first, then the "listening" line
+        if line.startswith("Admin key"):
+            key = line.rsplit(" ", 1)[-1].strip()
+        if line.startswith("cogkit gateway on"):
+            break
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", proc, 60)
+    return proc, url + "/v1", key
+
+
+def find_litellm(explicit: str | None) -> str | None:
+    candidates = [explicit, os.environ.get("LITELLM_PYTHON"), sys.executable,
+                  str(Path.home() / ".cache" / "cogkit-litellm-venv" / "bin" / "python")]
+    for python in candidates:
+        if python and Path(python).exists():
+            ok = subprocess.run([python, "-c", "import litellm.proxy.proxy_server"], capture_output=True,
+                                env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}).returncode == 0
+            if ok:
+                return python
+    return None
+
+
+def start_litellm(python: str, fake_url: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    config = {"model_list": [{"model_name": "m", "litellm_params": {
+                "model": "openai/gpt-4o-mini", "api_base": fake_url, "api_key": "bench"}}],
+              "litellm_settings": {"drop_params": True, "set_verbose": False}}
+    path = workdir / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    cli = Path(python).parent / "litellm"
+    cmd = [str(cli)] if cli.exists() else [python, "-m", "litellm"]
+    env = {**os.environ, "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "LITELLM_LOG": "ERROR", "DISABLE_ADMIN_UI": "True"}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen(cmd + ["--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=open(workdir / "litellm.log", "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health/liveliness", proc, 180)
+    return proc, url + "/v1"
+
+
+async def one(client: httpx.AsyncClient, base: str, key: str, model: str) -> tuple[float, float] | None:
+    """(total seconds, seconds to the first content token) of one streamed chat completion."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+    start = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", f"{base}/chat/completions", json=body,
+                             headers={"authorization": f"Bearer {key}"}) as resp:
+        if resp.status_code != 200:
+            await resp.aread()
+            return None
+        async for line in resp.aiter_lines():
+            if ttft is None and line.startswith("data: {"):
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if (choices[0].get("delta") or {}).get("content"):
+                    ttft = time.perf_counter() - start
+    return time.perf_counter() - start, ttft if ttft is not None else float("nan")
+
+
+async def load(base: str, key: str, model: str, concurrency: int, requests: int) -> dict:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        for _ in range(min(concurrency, 16)):        # warm the connections and the target's caches
+            await one(client, base, key, model)
+        results: list[tuple[float, float]] = []
+        errors = 0
+        todo = iter(range(requests))
+
+        async def worker() -> None:
+            nonlocal errors
+            for _ in todo:
+                try:
+                    r = await one(client, base, key, model)
+                except httpx.HTTPError:
+                    r = None
+                if r is None:
+                    errors += 1
+                else:
+                    results.append(r)
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    lat = sorted(r[0] for r in results)
+    ttft = sorted(r[1] for r in results)
+    pick = (lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] * 1000) if results else (lambda xs, q: float("nan"))
+    return {"rps": len(results) / wall, "p50": pick(lat, 0.5), "p99": pick(lat, 0.99),
+            "ttft50": pick(ttft, 0.5), "ttft99": pick(ttft, 0.99), "errors": errors, "n": len(results)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--levels", default="1,16,256", help="concurrent streams, comma separated")
+    ap.add_argument("--requests", type=int, default=0, help="requests per level (default: scaled to the level)")
+    ap.add_argument("--token-delay", type=float, default=0.0, help="fake provider's seconds per token")
+    ap.add_argument("--litellm-python", default=None, help="a Python with litellm[proxy] installed")
+    ap.add_argument("--no-litellm", action="store_true")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="cogkit-bench-"))
+    fake_proc, fake_url = start_fake(args.token_delay)
+    procs: list[subprocess.Popen] = []
+    try:
+        gw_proc, gw_url, gw_key = start_gateway(fake_url, workdir)
+        procs.append(gw_proc)
+        targets = [("direct", fake_url, "bench", "gpt-4o-mini"), ("cogkit", gw_url, gw_key, "m")]
+        python = None if args.no_litellm else find_litellm(args.litellm_python)
+        if python:
+            ll_proc, ll_url = start_litellm(python, fake_url, workdir)
+            procs.append(ll_proc)
+            targets.append(("litellm", ll_url, LITELLM_KEY, "m"))
+        rows = []
+        for level in levels:
+            n = args.requests or {1: 200, 16: 800}.get(level, max(1024, level * 4))
+            base = None
+            for name, url, key, model in targets:
+                r = asyncio.run(load(url, key, model, level, n))
+                base = base or r
+                rows.append((level, name, r, base))
+                print(f"  {name:8s} c={level:<4d} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
+                      f"p99 {r['p99']:7.2f} ms  ttft50 {r['ttft50']:7.2f} ms  errors {r['errors']}",
+                      file=sys.stderr, flush=True)
+        gw_rss = rss_mb(gw_proc.pid)
+        print(f"\nStreaming chat completions, {len(PROMPT.split()) + 1} tokens each, fake upstream "
+              f"token delay {args.token_delay * 1000:g} ms, {os.cpu_count()} CPUs\n")
+        head = (f"{'conc':>5} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} "
+                f"{'+p99 ms':>8} {'ttft50':>8} {'+ttft50':>8} {'errors':>6}")
+        print(head)
+        print("-" * len(head))
+        for level, name, r, base in rows:
+            added = name != "direct"
+            print(f"{level:>5} {name:<8} {r['rps']:>9.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                  f"{(r['p50'] - base['p50']) if added else 0:>8.2f} {(r['p99'] - base['p99']) if added else 0:>8.2f} "
+                  f"{r['ttft50']:>8.2f} {(r['ttft50'] - base['ttft50']) if added else 0:>8.2f} {r['errors']:>6}")
+        if not python and not args.no_litellm:
+            print("\nlitellm: not found (pip install 'litellm[proxy]', or --litellm-python PATH)")
+        print(f"\ncogkit gateway RSS after the run: {gw_rss:.1f} MiB")
+        if len(procs) > 1:
+            print(f"litellm proxy RSS after the run: {rss_mb(procs[1].pid):.1f} MiB")
+    finally:
+        for proc in [*procs, fake_proc]:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
