@@ -1,9 +1,9 @@
 """Build times and image size for a Cog project.
 
     eval "$(bash .ci/docker-services.sh --env)"
-    python benchmarks/build_times.py examples/models/hello-world [--separate-weights]
+    python benchmarks/build_times.py examples/models/hello-world [examples/models/image-filter ...] [--separate-weights]
 
-Prints: the cold build (no layer cache; the base image is already in the
+Prints, for each project: the cold build (no layer cache; the base image is already in the
 engine), a rebuild after `touch predict.py` (mtime only), a rebuild after an
 edit to predict.py (one comment line, removed again afterwards), and the
 image's size. The predictor file is restored byte for byte at the end.
@@ -28,30 +28,22 @@ def timed_build(project: Path, tag: str, **kwargs) -> tuple[float, builder.Build
     return time.perf_counter() - started, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("project", type=Path)
-    parser.add_argument("--tag", default="cogkit-bench/build-times:latest")
-    parser.add_argument("--separate-weights", action="store_true")
-    parser.add_argument("--keep", action="store_true", help="keep the image afterwards")
-    args = parser.parse_args()
-
-    client = builder.connect()
-    config = load_config(args.project)
-    predict_file = args.project / split_ref(config.predict)[0]
+def measure(client, project: Path, tag: str, separate_weights: bool, keep: bool) -> list[tuple[str, str]]:
+    config = load_config(project)
+    predict_file = project / split_ref(config.predict)[0]
     original = predict_file.read_bytes()
-    options = {"separate_weights": args.separate_weights, "client": client}
+    options = {"separate_weights": separate_weights, "client": client}
     rows: list[tuple[str, str]] = []
     try:
-        seconds, result = timed_build(args.project, args.tag, no_cache=True, **options)
+        seconds, result = timed_build(project, tag, no_cache=True, **options)
         rows.append(("cold build (no layer cache)", f"{seconds:.1f} s"))
 
         os.utime(predict_file)
-        seconds, _ = timed_build(args.project, args.tag, **options)
+        seconds, _ = timed_build(project, tag, **options)
         rows.append(("rebuild after touch predict.py", f"{seconds:.1f} s"))
 
         predict_file.write_bytes(original + b"\n# edited by benchmarks/build_times.py\n")
-        seconds, result = timed_build(args.project, args.tag, **options)
+        seconds, result = timed_build(project, tag, **options)
         rows.append(("rebuild after editing predict.py", f"{seconds:.1f} s"))
 
         info = client.inspect_image(result.id)
@@ -60,15 +52,32 @@ def main() -> None:
         rows.append(("base image", result.base_image))
     finally:
         predict_file.write_bytes(original)
-        if not args.keep:
+        if not keep:
             try:
-                client.remove_image(args.tag)
-            except Exception:  # noqa: BLE001 - best effort; the numbers are already printed
+                client.remove_image(tag)
+            except Exception:  # noqa: BLE001 - best effort; the numbers are already measured
                 pass
-    width = max(len(name) for name, _ in rows)
-    print(f"Build times for {args.project} (engine {client.version()['Version']}):")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("projects", type=Path, nargs="+", metavar="project")
+    parser.add_argument("--tag-prefix", default="cogkit-bench/", help="images are tagged PREFIX<directory>:latest")
+    parser.add_argument("--separate-weights", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the images afterwards")
+    args = parser.parse_args()
+
+    client = builder.connect()
+    print(f"Docker engine {client.version()['Version']}, {os.cpu_count()} CPUs")
+    for project in args.projects:
+        tag = f"{args.tag_prefix}{project.resolve().name.lower()}:latest"
+        rows = measure(client, project, tag, args.separate_weights, args.keep)
+        width = max(len(name) for name, _ in rows)
+        print(f"Build times for {project}:")
+        for name, value in rows:
+            print(f"  {name:<{width}}  {value}")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

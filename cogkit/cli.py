@@ -90,7 +90,7 @@ def _parse_inputs(openapi: dict[str, Any], pairs: list[str], mode: str) -> dict[
 
 
 def _run_local(project: Path, inputs: list[str], output: Optional[Path], mode: str) -> None:
-    from cogkit.local import SetupFailed, run_prediction, write_file_outputs
+    from cogkit.local import SetupFailed, run_prediction
     from cogkit.schema import SchemaError, build_openapi
     from cogkit.venv import EnvError, ensure_env
 
@@ -108,9 +108,24 @@ def _run_local(project: Path, inputs: list[str], output: Optional[Path], mode: s
     except EnvError as e:
         fail(str(e))
     streamed: list[Any] = []
-    concatenate = openapi["components"]["schemas"].get("Output" if mode == "predict" else "TrainingOutput", {}).get(
+    concatenate = is_concatenated(openapi, mode)
+    note(f"Running {mode} on {ref}")
+    try:
+        prediction = run_prediction(config, python, values, mode, stream_listener(streamed, concatenate),
+                                    lambda logs: note(logs.rstrip()) if logs.strip() else None)
+    except SetupFailed as e:
+        fail(str(e))
+    show_result(mode, prediction.status, prediction.output, prediction.error, output, streamed, concatenate)
+
+
+def is_concatenated(openapi: dict[str, Any], mode: str) -> bool:
+    schemas = openapi.get("components", {}).get("schemas", {})
+    return schemas.get("Output" if mode == "predict" else "TrainingOutput", {}).get(
         "x-cog-array-display") == "concatenate"
 
+
+def stream_listener(streamed: list[Any], concatenate: bool) -> Any:
+    """Logs go to stderr and streamed text to stdout as they come; outputs are kept in `streamed`."""
     def on_event(event: str, data: Any) -> None:
         if event == "logs":
             sys.stderr.write(data)
@@ -118,16 +133,17 @@ def _run_local(project: Path, inputs: list[str], output: Optional[Path], mode: s
             streamed.append(data)
             if isinstance(data, str) and not data.startswith("data:"):
                 typer.echo(data, nl=not concatenate)
+    return on_event
 
-    note(f"Running {mode} on {ref}")
-    try:
-        prediction = run_prediction(config, python, values, mode, on_event,
-                                    lambda logs: note(logs.rstrip()) if logs.strip() else None)
-    except SetupFailed as e:
-        fail(str(e))
-    if prediction.status != "succeeded":
-        fail(f"{mode} {prediction.status}: {prediction.error or ''}".rstrip(": "))
-    result, written = write_file_outputs(prediction.output, str(output) if output else None)
+
+def show_result(mode: str, status: str, output_value: Any, error: Optional[str], output: Optional[Path],
+                streamed: list[Any], concatenate: bool) -> None:
+    """Fail unless it succeeded; write file outputs; print what was not streamed already."""
+    from cogkit.local import write_file_outputs
+
+    if status != "succeeded":
+        fail(f"{mode} {status}: {error or ''}".rstrip(": "))
+    result, written = write_file_outputs(output_value, str(output) if output else None)
     for path in written:
         typer.echo(f"Written output to {path}")
     if streamed:
@@ -144,13 +160,23 @@ def _run_local(project: Path, inputs: list[str], output: Optional[Path], mode: s
 INPUT_HELP = "Input as name=value; name=@file for a file input. Repeatable."
 
 
+IMAGE_HELP = "Run it in this model image (through its HTTP API) instead of a local environment"
+USE_IMAGE_HELP = "Run it in the image `cogkit build` made from this project (its default tag)"
+
+
 @app.command()
 def predict(
     inputs: list[str] = typer.Option([], "-i", "--input", help=INPUT_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write a file output"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory"),
+    image: Optional[str] = typer.Option(None, "--image", help=IMAGE_HELP),
+    use_image: bool = typer.Option(False, "--use-image", help=USE_IMAGE_HELP),
 ) -> None:
-    """Run a prediction locally, in a managed environment built from cog.yaml."""
+    """Run a prediction locally, in a managed environment built from cog.yaml (or in an image)."""
+    if image or use_image:
+        from cogkit import cli_images
+        cli_images.run_in_image(project, image, use_image, inputs, output, "predict")
+        return
     _run_local(project, inputs, output, "predict")
 
 
@@ -159,8 +185,14 @@ def train(
     inputs: list[str] = typer.Option([], "-i", "--input", help=INPUT_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write a file output"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory"),
+    image: Optional[str] = typer.Option(None, "--image", help=IMAGE_HELP),
+    use_image: bool = typer.Option(False, "--use-image", help=USE_IMAGE_HELP),
 ) -> None:
-    """Run training locally (cog.yaml's train: entry point)."""
+    """Run training locally (cog.yaml's train: entry point), or in an image."""
+    if image or use_image:
+        from cogkit import cli_images
+        cli_images.run_in_image(project, image, use_image, inputs, output, "train")
+        return
     _run_local(project, inputs, output, "train")
 
 
@@ -170,8 +202,15 @@ def serve(
     port: int = typer.Option(5000, help="Port to listen on"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory"),
     upload_url: Optional[str] = typer.Option(None, help="PUT file outputs under this URL instead of inlining them"),
+    image: Optional[str] = typer.Option(None, "--image", help="Serve this model image instead (in a container)"),
 ) -> None:
-    """Serve the project's HTTP prediction API (Cog-compatible)."""
+    """Serve the project's HTTP prediction API (Cog-compatible), or a model image's."""
+    if image:
+        from cogkit import cli_images
+        if upload_url:
+            fail("--upload-url is not supported with --image")
+        cli_images.run_foreground(image, port, host)
+        return
     from cogkit.runtime.serve import serve as run_server
     from cogkit.schema import SchemaError
     from cogkit.venv import EnvError, ensure_env
@@ -195,6 +234,13 @@ def schema(project: Path = typer.Option(Path("."), "--project", "-p", help="The 
         typer.echo(json.dumps(build_openapi(config.project_dir, config.predict, config.train), indent=2))
     except SchemaError as e:
         fail(str(e))
+
+
+# The image commands (build, debug, run, login, push) live in cli_images.py. It is handed
+# this module, which under `python -m cogkit.cli` is __main__ rather than cogkit.cli.
+from cogkit import cli_images as _cli_images  # noqa: E402
+
+_cli_images.register(app, sys.modules[__name__])
 
 
 def main() -> None:
