@@ -31,6 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.fakes import start_fake  # noqa: E402
+
 LITELLM_KEY = "sk-bench-master-key"
 PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
 
@@ -53,23 +55,6 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, headers: dict | 
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
-
-
-# The fake OpenAI server of tests/fakes, in its own process, on a socket uvicorn makes itself
-# (so TCP_NODELAY is on, as for any real server: without it every keep-alive request waits ~40 ms
-# on Nagle + delayed ACK, which would swamp what we measure).
-FAKE = ("import sys, uvicorn; from tests.fakes import create_app; from tests.fakes.faults import FakeState; "
-        "uvicorn.run(create_app('openai', FakeState('openai', api_key=None, token_delay=float(sys.argv[2]))), "
-        "host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', access_log=False, backlog=4096)")
-
-
-def start_fake(token_delay: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", FAKE, str(port), str(token_delay)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/_stats", proc, 30)
-    return proc, url + "/v1"
 
 
 def rss_mb(pid: int) -> float:
@@ -190,7 +175,8 @@ def main() -> None:
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="cogkit-bench-"))
-    fake_proc, fake_url = start_fake(args.token_delay)
+    fake = start_fake("openai", api_key=None, process=True, token_delay=args.token_delay)
+    fake_url = fake.base_url
     procs: list[subprocess.Popen] = []
     try:
         gw_proc, gw_url, gw_key = start_gateway(fake_url, workdir)
@@ -230,12 +216,13 @@ def main() -> None:
         if len(procs) > 1:
             print(f"litellm proxy RSS after the run: {rss_mb(procs[1].pid):.1f} MiB")
     finally:
-        for proc in [*procs, fake_proc]:
+        for proc in procs:
             proc.terminate()
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        fake.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

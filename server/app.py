@@ -200,6 +200,9 @@ class Gateway:
         except UnknownModel as e:   # a context-window fallback that names no model
             self.finish(call, key, "error", str(e))
             return error_response(request, 404, str(e), code="model_not_found")
+        except asyncio.CancelledError:     # the client went away before the answer
+            self.finish(call, key, "canceled", "client disconnected")
+            raise
         except BaseException:
             self.finish(call, key, "error", "internal error")
             raise

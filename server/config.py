@@ -44,7 +44,7 @@ class ProviderConfig(_Strict):
     api_key_env: str | None = None          # or read from this environment variable
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts | None = None
-    max_connections: int = 1000
+    max_connections: int = 512             # keep-alive connections to this provider, at most
     passthrough: bool = False               # accept `name/<any model>` not listed in the catalog
     accepts_metadata: bool = False          # forward the caller's `metadata` upstream
     anthropic_version: str = "2023-06-01"

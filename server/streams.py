@@ -97,6 +97,7 @@ class Streams:
     def __init__(self, cfg: StreamsConfig, repo: Any, metrics: Metrics, logger: logging.Logger) -> None:
         self.cfg, self.repo, self.metrics, self.log = cfg, repo, metrics, logger
         self.live: dict[str, Buffer] = {}
+        self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
         self._tasks: list[asyncio.Task] = []
 
     # ---- lifecycle ----
@@ -120,7 +121,7 @@ class Streams:
     def start(self, tenant_id: str, t: Timeouts, relay: Relay, head: list, rest: AsyncIterator,
               on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> Buffer:
         buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
-        self.live[buf.id] = buf
+        self.live[buf.id] = self.pending[buf.id] = buf
         buf.task = asyncio.create_task(self._pump(buf, relay, head, rest, on_done))
         return buf
 
@@ -191,6 +192,9 @@ class Streams:
         if id in self.live or self.repo is None:
             return None                 # another tenant's: the same answer as a stream that doesn't exist
         info = await asyncio.to_thread(self.repo.get, id)
+        if info is None:   # perhaps so new that its owner has not flushed it yet
+            await asyncio.sleep(self.cfg.flush_interval * 2)
+            info = await asyncio.to_thread(self.repo.get, id)
         if info is None or info.tenant_id != tenant_id:
             return None
         return "store", info
@@ -236,15 +240,20 @@ class Streams:
 
     async def _flush_once(self) -> None:
         if self.repo is None:
+            for id in [id for id, buf in self.pending.items() if buf.done]:
+                del self.pending[id]
             return
         batch = []
-        for buf in list(self.live.values()):
+        for buf in list(self.pending.values()):
             n = len(buf.events)
             final = buf.done and not buf.stored_final
             if n > buf.flushed or final or not buf.created:
                 batch.append((buf, buf.flushed, n, final))
         if batch:
             await asyncio.to_thread(self._write, batch)
+            for buf, _start, _end, final in batch:
+                if final and buf.stored_final:
+                    self.pending.pop(buf.id, None)
 
     def _write(self, batch: list[tuple[Buffer, int, int, bool]]) -> None:
         """Runs in a thread: one pass over every stream with something new."""
@@ -264,7 +273,7 @@ class Streams:
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
-            for buf in list(self.live.values()):
+            for buf in list(self.pending.values()):
                 if buf.done or buf.task is None or buf.timed_out:
                     continue
                 if now - buf.last_activity > buf.idle:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import httpx
 from server.config import ProviderConfig, Timeouts
 from server.translate.sse import SSEDecoder
 
+POOL_SIZE = 32          # connections per httpx pool (see Pools)
 CONTEXT_MARKERS = ("context_length_exceeded", "context length", "context window", "prompt is too long",
                    "too many tokens", "maximum context")
 
@@ -59,14 +61,10 @@ class Provider:
         self._key_source = key_source
         self._key: str | None = cfg.api_key
         self._key_checked = 0.0
-        # One client per provider for the process: keep-alive connections are the hot path's biggest saving.
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections,
-                                keepalive_expiry=60),
-            headers=cfg.headers, follow_redirects=False)
+        self.pools = Pools(cfg.max_connections, cfg.headers)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.pools.aclose()
 
     async def api_key(self) -> str | None:
         """The key from config, else the stored secret, looked up at most once a minute."""
@@ -112,10 +110,11 @@ class Provider:
         return httpx.Timeout(connect=t.connect, read=max(t.ttft, t.idle), write=t.total, pool=t.connect)
 
     async def post_json(self, url: str, body: dict, headers: dict, t: Timeouts) -> dict:
-        try:
-            resp = await self.client.post(url, json=body, headers=headers, timeout=self.plain_timeout(t))
-        except httpx.HTTPError as e:
-            raise transport_error(e) from e
+        with self.pools.lease() as client:
+            try:
+                resp = await client.post(url, json=body, headers=headers, timeout=self.plain_timeout(t))
+            except httpx.HTTPError as e:
+                raise transport_error(e) from e
         if resp.status_code >= 400:
             raise http_error(resp.status_code, resp.content, resp.headers)
         try:
@@ -125,24 +124,51 @@ class Provider:
 
     async def sse(self, url: str, body: dict, headers: dict, t: Timeouts) -> AsyncIterator[tuple[str | None, str]]:
         """(event, data) pairs of an upstream SSE response; errors as UpstreamError."""
-        request = self.client.build_request("POST", url, json=body, headers=headers, timeout=self.stream_timeout(t))
-        try:
-            resp = await self.client.send(request, stream=True)
-        except httpx.HTTPError as e:
-            raise transport_error(e) from e
-        try:
-            if resp.status_code >= 400:
-                raise http_error(resp.status_code, await resp.aread(), resp.headers)
-            decoder = SSEDecoder()
-            async for raw in resp.aiter_bytes():
-                for item in decoder.feed(raw):
+        with self.pools.lease() as client:
+            request = client.build_request("POST", url, json=body, headers=headers, timeout=self.stream_timeout(t))
+            try:
+                resp = await client.send(request, stream=True)
+            except httpx.HTTPError as e:
+                raise transport_error(e) from e
+            try:
+                if resp.status_code >= 400:
+                    raise http_error(resp.status_code, await resp.aread(), resp.headers)
+                decoder = SSEDecoder()
+                async for raw in resp.aiter_bytes():
+                    for item in decoder.feed(raw):
+                        yield item
+                for item in decoder.flush():
                     yield item
-            for item in decoder.flush():
-                yield item
-        except httpx.HTTPError as e:
-            raise transport_error(e) from e
+            except httpx.HTTPError as e:
+                raise transport_error(e) from e
+            finally:
+                await resp.aclose()
+
+
+class Pools:
+    """A provider's keep-alive connections, made once for the process (no client per request), split
+    over a few small httpx pools: httpcore's bookkeeping costs grow with the square of a pool's
+    connections, which shows at hundreds of concurrent streams. The least busy pool serves."""
+
+    def __init__(self, max_connections: int, headers: dict[str, str]) -> None:
+        count = max(1, -(-max_connections // POOL_SIZE))
+        limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE, keepalive_expiry=60)
+        self.clients = [httpx.AsyncClient(limits=limits, headers=headers, follow_redirects=False)
+                        for _ in range(count)]
+        self.busy = [0] * count
+
+    @contextmanager
+    def lease(self) -> Iterator[httpx.AsyncClient]:
+        i = min(range(len(self.busy)), key=self.busy.__getitem__)
+        self.busy[i] += 1
+        try:
+            yield self.clients[i]
         finally:
-            await resp.aclose()
+            self.busy[i] -= 1
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
 
 
 def transport_error(e: httpx.HTTPError) -> UpstreamError:
