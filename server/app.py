@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,7 +51,10 @@ class Gateway:
             p.name: make_provider(p, config.timeouts, self._secret_source(p.api_key_secret, p.api_key_env))
             for p in config.providers}
         self.router = Router(self.catalog, self.providers, config.routing, self.metrics)
-        self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log)
+        # Every store write goes through this one thread: writers never wait on each other's locks
+        # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogkit-store-writer")
+        self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log, self.writer)
         self.cache = ResponseCache(config.cache) if config.cache.enabled else None
         self._keys: dict[str, tuple[float, KeyInfo]] = {}     # sha256(key) -> (expires, info)
         self._unlimited: dict[str, float] = {}               # tenant -> until when it is known unlimited
@@ -66,6 +70,9 @@ class Gateway:
             return await asyncio.to_thread(self.auth.get_provider_secret, None, secret) if secret else None
         return lookup
 
+    async def write(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+
     async def startup(self) -> None:
         self.streams.start_background()
         self._bills_ready = asyncio.Event()
@@ -76,7 +83,8 @@ class Gateway:
         self._biller_task.cancel()
         await asyncio.gather(self._biller_task, return_exceptions=True)
         batch, self._bills = self._bills, []
-        await asyncio.to_thread(self._bill, batch)
+        await self.write(self._bill, batch)
+        self.writer.shutdown(wait=True)
         for provider in self.providers.values():
             await provider.aclose()
         self.store.close()
@@ -111,18 +119,23 @@ class Gateway:
         call.input_tokens = tokens_in
 
         now = time.monotonic()
-        if key.rpm is None and key.tpm is None and self._unlimited.get(key.tenant_id, 0.0) > now:
-            # Known unlimited a moment ago: nothing to hold, no store round trip on the hot path.
-            # (settle still charges the spend; a balance set meanwhile applies within UNLIMITED_TTL.)
-            call.reservation = Reservation(key.tenant_id, 0, limited=False)
-            return
+        until = self._unlimited.get(key.tenant_id)
+        if key.rpm is None and key.tpm is None and until is not None:
+            if until > now:
+                # Known unlimited a moment ago: nothing to hold, no store round trip on the hot path.
+                # (settle still charges the spend; a balance set meanwhile applies within UNLIMITED_TTL.)
+                call.reservation = Reservation(key.tenant_id, 0, limited=False)
+                return
+            self._unlimited[key.tenant_id] = now + UNLIMITED_TTL   # this request re-checks; the others go on
 
         def work():
             self.ledger.check_rate(key, tokens_in)
             return self.ledger.reserve(key.tenant_id, estimate)
-        call.reservation = await asyncio.to_thread(work)
-        if not call.reservation.limited:
-            self._unlimited[key.tenant_id] = now + UNLIMITED_TTL
+        call.reservation = await self.write(work)
+        if call.reservation.limited:
+            self._unlimited.pop(key.tenant_id, None)
+        else:
+            self._unlimited[key.tenant_id] = time.monotonic() + UNLIMITED_TTL
 
     def finish(self, call: Call, key: KeyInfo, status: str | None = None, error: str | None = None) -> None:
         """Bill and record after the response: settle, usage row, token count; in a thread, in the background."""
@@ -152,7 +165,7 @@ class Gateway:
             await asyncio.sleep(BILLING_INTERVAL)
             self._bills_ready.clear()
             batch, self._bills = self._bills, []
-            await asyncio.to_thread(self._bill, batch)
+            await self.write(self._bill, batch)
 
     def _bill(self, batch: list) -> None:
         for reservation, key, output_tokens, record in batch:

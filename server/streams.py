@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from server.config import StreamsConfig, Timeouts
@@ -94,8 +95,10 @@ class Buffer:
 
 
 class Streams:
-    def __init__(self, cfg: StreamsConfig, repo: Any, metrics: Metrics, logger: logging.Logger) -> None:
+    def __init__(self, cfg: StreamsConfig, repo: Any, metrics: Metrics, logger: logging.Logger,
+                 writer: Executor | None = None) -> None:
         self.cfg, self.repo, self.metrics, self.log = cfg, repo, metrics, logger
+        self.writer = writer              # the executor for store writes (reads use the default one)
         self.live: dict[str, Buffer] = {}
         self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
         self._tasks: list[asyncio.Task] = []
@@ -226,10 +229,13 @@ class Streams:
         if found is None:
             return False
         # Pumped by another replica: mark it, so readers stop; that replica's upstream runs out on its own.
-        await asyncio.to_thread(self.repo.finish, id, "cancelled")
+        await self._write_call(self.repo.finish, id, "cancelled")
         return True
 
     # ---- background work ----
+    async def _write_call(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.flush_interval)
@@ -250,7 +256,7 @@ class Streams:
             if n > buf.flushed or final or not buf.created:
                 batch.append((buf, buf.flushed, n, final))
         if batch:
-            await asyncio.to_thread(self._write, batch)
+            await self._write_call(self._write, batch)
             for buf, _start, _end, final in batch:
                 if final and buf.stored_final:
                     self.pending.pop(buf.id, None)
@@ -298,7 +304,7 @@ class Streams:
             if self.repo is not None and now - last_store_purge > 60:
                 last_store_purge = now
                 try:
-                    await asyncio.to_thread(self.repo.purge_expired, self.cfg.retention)
+                    await self._write_call(self.repo.purge_expired, self.cfg.retention)
                 except Exception:  # noqa: BLE001 - retried in a minute
                     self.log.exception("stream purge failed")
 
