@@ -64,7 +64,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_gateway(fake_url: str, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+def start_gateway(fake_url: str, workdir: Path, python: str) -> tuple[subprocess.Popen, str, str]:
     config = {"state_dir": str(workdir / "gw"), "logging": {"level": "WARNING"},
               "providers": [{"name": "fake", "kind": "openai", "base_url": fake_url, "api_key": "bench"}],
               "models": [{"name": "m", "input_price": 0.15, "output_price": 0.6,
@@ -72,7 +72,7 @@ def start_gateway(fake_url: str, workdir: Path) -> tuple[subprocess.Popen, str, 
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.gateway_cli", "--config", str(path), "--port", str(port)],
+    proc = subprocess.Popen([python, "-m", "server.gateway_cli", "--config", str(path), "--port", str(port)],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COGKIT_HOME": str(workdir)},
                             stdout=subprocess.PIPE, stderr=open(workdir / "gateway.log", "wb"), text=True)
     key = ""
@@ -136,15 +136,19 @@ async def one(client: httpx.AsyncClient, base: str, key: str, model: str) -> tup
 
 
 async def load(base: str, key: str, model: str, concurrency: int, requests: int) -> dict:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        for _ in range(min(concurrency, 16)):        # warm the connections and the target's caches
-            await one(client, base, key, model)
+    # Several small client pools: one big httpx pool costs the load generator itself time that
+    # grows with the square of its connections, which would show up as everybody's latency.
+    per_pool = 16
+    pools = [httpx.AsyncClient(limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                               timeout=120) for _ in range(-(-concurrency // per_pool))]
+    try:
+        for client in pools:                         # warm the connections and the target's caches
+            await asyncio.gather(*(one(client, base, key, model) for _ in range(min(per_pool, concurrency))))
         results: list[tuple[float, float]] = []
         errors = 0
         todo = iter(range(requests))
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             nonlocal errors
             for _ in todo:
                 try:
@@ -156,8 +160,11 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int)
                 else:
                     results.append(r)
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(pools[i // per_pool]) for i in range(concurrency)))
         wall = time.perf_counter() - start
+    finally:
+        for client in pools:
+            await client.aclose()
     lat = sorted(r[0] for r in results)
     ttft = sorted(r[1] for r in results)
     pick = (lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] * 1000) if results else (lambda xs, q: float("nan"))
@@ -172,6 +179,8 @@ def main() -> None:
     ap.add_argument("--token-delay", type=float, default=0.0, help="fake provider's seconds per token")
     ap.add_argument("--litellm-python", default=None, help="a Python with litellm[proxy] installed")
     ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--gateway-python", default=sys.executable,
+                    help="the Python that runs the gateway (e.g. a venv with uvicorn[standard]: uvloop, httptools)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="cogkit-bench-"))
@@ -179,7 +188,7 @@ def main() -> None:
     fake_url = fake.base_url
     procs: list[subprocess.Popen] = []
     try:
-        gw_proc, gw_url, gw_key = start_gateway(fake_url, workdir)
+        gw_proc, gw_url, gw_key = start_gateway(fake_url, workdir, args.gateway_python)
         procs.append(gw_proc)
         targets = [("direct", fake_url, "bench", "gpt-4o-mini"), ("cogkit", gw_url, gw_key, "m")]
         python = None if args.no_litellm else find_litellm(args.litellm_python)
@@ -212,7 +221,9 @@ def main() -> None:
                   f"{r['ttft50']:>8.2f} {(r['ttft50'] - base['ttft50']) if added else 0:>8.2f} {r['errors']:>6}")
         if not python and not args.no_litellm:
             print("\nlitellm: not found (pip install 'litellm[proxy]', or --litellm-python PATH)")
-        print(f"\ncogkit gateway RSS after the run: {gw_rss:.1f} MiB")
+        fast = subprocess.run([args.gateway_python, "-c", "import uvloop, httptools"], capture_output=True).returncode == 0
+        print(f"\ncogkit gateway RSS after the run: {gw_rss:.1f} MiB "
+              f"(event loop: {'uvloop + httptools' if fast else 'asyncio + h11'})")
         if len(procs) > 1:
             print(f"litellm proxy RSS after the run: {rss_mb(procs[1].pid):.1f} MiB")
     finally:
