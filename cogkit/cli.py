@@ -242,6 +242,15 @@ from cogkit import cli_images as _cli_images  # noqa: E402
 
 _cli_images.register(app, sys.modules[__name__])
 
+# The gateway side: `cogkit gateway`, and the admin commands that talk to a running one.
+from server import admin_cli as _admin_cli  # noqa: E402
+from server.gateway_cli import gateway as _gateway  # noqa: E402
+
+app.command("gateway")(_gateway)
+app.add_typer(_admin_cli.keys_app, name="keys")
+app.add_typer(_admin_cli.providers_app, name="providers")
+app.add_typer(_admin_cli.tenants_app, name="tenants")
+
 
 def main() -> None:
     app()
