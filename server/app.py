@@ -170,7 +170,7 @@ class Gateway:
     def _bill(self, batch: list) -> None:
         for reservation, key, output_tokens, record in batch:
             try:
-                if reservation is not None:
+                if reservation is not None and (reservation.micros or record.cost):   # else nothing to move
                     self.ledger.settle(reservation, record.cost)
                 if output_tokens:
                     self.ledger.count_tokens(key, output_tokens)
