@@ -158,8 +158,20 @@ def _expand_env(value: Any) -> Any:
     return value
 
 
+# The embedded default, used when no config file is given: the three official APIs,
+# keys (and base URLs, as their SDKs read them) from the usual environment variables,
+# any model name passed through, so `openai/gpt-4o-mini` works with only
+# OPENAI_API_KEY set, as with LiteLLM.
+def default_providers() -> list[dict[str, Any]]:
+    official = [("openai", "https://api.openai.com/v1", "OPENAI"),
+                ("anthropic", "https://api.anthropic.com", "ANTHROPIC"),
+                ("google", "https://generativelanguage.googleapis.com/v1beta", "GEMINI")]
+    return [{"name": kind, "kind": kind, "base_url": os.environ.get(f"{env}_BASE_URL", url),
+             "api_key_env": f"{env}_API_KEY", "passthrough": True} for kind, url, env in official]
+
+
 def load_config(path: Path | None = None, data: dict | None = None) -> GatewayConfig:
-    raw: dict = dict(data or {})
+    raw: dict = dict(data) if data is not None else {"providers": default_providers()}
     base = Path.cwd()
     if path is not None:
         raw = _read_yaml(path)

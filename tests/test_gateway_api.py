@@ -175,3 +175,18 @@ def test_first_start_prints_the_admin_key_once(gw, gateway):
     again = gateway({"providers": [], "models": []}, name="again")   # same state dir, same store
     assert again.admin_key is None and any("cogkit gateway on" in line for line in again.stdout)
     assert again.http(gw.admin_key).get("/v1/models").status_code == 200
+
+
+def test_embedded_default_reaches_official_providers_from_environment(fakes, gateway):
+    """No config file: `openai/...`, `anthropic/...`, `google/...` go to the official APIs with keys
+    (and base URLs) from the usual environment variables. Here those point at the fakes."""
+    oa, an, ge = fakes("openai"), fakes("anthropic"), fakes("gemini")
+    g = gateway(None, env={"OPENAI_BASE_URL": oa.base_url, "OPENAI_API_KEY": oa.api_key,
+                           "ANTHROPIC_BASE_URL": an.base_url, "ANTHROPIC_API_KEY": an.api_key,
+                           "GEMINI_BASE_URL": ge.base_url, "GEMINI_API_KEY": ge.api_key})
+    client = g.openai(g.admin_key)
+    for model in ("openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "google/gemini-2.0-flash"):
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi there"}])
+        assert "hi there" in reply.choices[0].message.content
+        assert reply.usage.completion_tokens > 0
+    assert oa.stats()["requests"] and an.stats()["requests"] and ge.stats()["requests"]

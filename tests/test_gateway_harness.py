@@ -26,17 +26,20 @@ def free_port() -> int:
 class GatewayProc:
     """`python -m server.gateway_cli --config FILE --port N` with a temp SQLite (or a given database URL)."""
 
-    def __init__(self, config: dict, workdir: Path, name: str = "gw", env: dict | None = None) -> None:
+    def __init__(self, config: dict | None, workdir: Path, name: str = "gw", env: dict | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        args = []
+        if config is not None:  # None: the embedded default, as `cogkit gateway` with no --config
+            self.config_path = workdir / f"{name}.yaml"
+            self.config_path.write_text(yaml.safe_dump(config))
+            args = ["--config", str(self.config_path)]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COGKIT_HOME": str(workdir), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.gateway_cli", "--config", str(self.config_path), "--port", str(self.port)],
+            [sys.executable, "-m", "server.gateway_cli", *args, "--port", str(self.port)],
             cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.stdout: list[str] = []
         self.admin_key: str | None = None
@@ -141,8 +144,9 @@ def gateway(tmp_path):
     """start(config_dict, name="gw", env=None) -> GatewayProc on a temp SQLite, closed after the test."""
     procs = []
 
-    def start(config: dict, name: str = "gw", env: dict | None = None) -> GatewayProc:
-        config = {"state_dir": str(tmp_path / "state"), **config}
+    def start(config: dict | None, name: str = "gw", env: dict | None = None) -> GatewayProc:
+        if config is not None:
+            config = {"state_dir": str(tmp_path / "state"), **config}
         gw = GatewayProc(config, tmp_path, name, env)
         procs.append(gw)
         return gw
