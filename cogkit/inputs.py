@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from cogkit.schema import input_schema
+from cogkit.schema import REF, SchemaError
 
 
 class InputValidationError(Exception):
@@ -208,3 +208,51 @@ def _load(raw: str, what: str) -> Any:
         return json.loads(raw)
     except ValueError as e:
         raise ValueError(f"expected {what}: {e}") from None
+
+
+# ---- reading a built schema: the input object, its file and secret fields
+
+def input_schema(openapi: dict, mode: str = "predict") -> tuple[dict, dict]:
+    """(the Input/TrainingInput object schema with $ref/allOf enums inlined, the components dict)."""
+    components = openapi.get("components", {}).get("schemas", {})
+    key = "TrainingInput" if mode == "train" else "Input"
+    if key not in components:
+        raise SchemaError(f"the schema has no {key} component (is there a {mode} entry point?)")
+    return _inline(copy.deepcopy(components[key]), components), components
+
+
+def _inline(schema: Any, components: dict, depth: int = 0) -> Any:
+    if not isinstance(schema, dict) or depth > 32:
+        return schema
+    ref = schema.get("$ref")
+    all_of = schema.get("allOf")
+    if ref is None and isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
+        ref = all_of[0].get("$ref")
+    if isinstance(ref, str) and ref.startswith(REF) and isinstance(components.get(ref[len(REF):]), dict):
+        # the property's own title/description win over the enum's "An enumeration."
+        target = {k: v for k, v in components[ref[len(REF):]].items() if k not in ("title", "description")}
+        schema = {**copy.deepcopy(target), **{k: v for k, v in schema.items() if k not in ("$ref", "allOf")}}
+    if isinstance(schema.get("properties"), dict):
+        schema["properties"] = {k: _inline(v, components, depth + 1) for k, v in schema["properties"].items()}
+    if "items" in schema:
+        schema["items"] = _inline(schema["items"], components, depth + 1)
+    return schema
+
+
+def file_fields(openapi: dict, mode: str = "predict") -> dict[str, str]:
+    """Input name -> "uri" (one file) or "uri-list" (a list of files), for inputs the runtime downloads."""
+    schema, _ = input_schema(openapi, mode)
+    out = {}
+    for name, prop in schema.get("properties", {}).items():
+        items = prop.get("items")
+        if prop.get("format") == "uri":
+            out[name] = "uri"
+        elif prop.get("type") == "array" and isinstance(items, dict) and items.get("format") == "uri":
+            out[name] = "uri-list"
+    return out
+
+
+def secret_fields(openapi: dict, mode: str = "predict") -> set[str]:
+    """Input names declared as Secret: masked wherever a prediction is shown."""
+    schema, _ = input_schema(openapi, mode)
+    return {name for name, prop in schema.get("properties", {}).items() if prop.get("x-cog-secret")}

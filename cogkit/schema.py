@@ -7,7 +7,6 @@ document has the shape Cog's server produces, so existing clients keep working.
 from __future__ import annotations
 
 import ast
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -457,8 +456,8 @@ def _ok(schema: dict) -> dict:
     return {"description": "Successful Response", "content": _json(schema)}
 
 
-_REF = "#/components/schemas/"
-_422 = {"description": "Validation Error", "content": _json({"$ref": _REF + "HTTPValidationError"})}
+REF = "#/components/schemas/"
+_422 = {"description": "Validation Error", "content": _json({"$ref": REF + "HTTPValidationError"})}
 _PREFER = {"name": "prefer", "in": "header", "required": False, "schema": {"title": "Prefer", "type": "string"}}
 
 
@@ -468,7 +467,7 @@ def _simple(method: str, summary: str, op: str, title: str) -> dict:
 
 def _job_paths(train: bool) -> dict:
     noun, plural, verb = ("training", "trainings", "Train") if train else ("prediction", "predictions", "Predict")
-    req, resp = _REF + f"{noun.title()}Request", _REF + f"{noun.title()}Response"
+    req, resp = REF + f"{noun.title()}Request", REF + f"{noun.title()}Response"
     id_param = {"name": f"{noun}_id", "in": "path", "required": True,
                 "schema": {"type": "string", "title": f"{noun.title()} ID"}}
     responses = {"200": _ok({"$ref": resp}), "422": _422}
@@ -498,7 +497,7 @@ def _nullable(schema: dict) -> dict:
 
 def _request_response(prefix: str, input_key: str, output_key: str) -> dict:
     dt = {"type": "string", "format": "date-time"}
-    inp = {"$ref": _REF + input_key, "nullable": True}
+    inp = {"$ref": REF + input_key, "nullable": True}
     request = {"title": f"{prefix}Request", "type": "object", "properties": {
         "input": inp, "id": _nullable({"title": "Id", "type": "string"}),
         "created_at": _nullable({"title": "Created At", **dt}),
@@ -507,10 +506,10 @@ def _request_response(prefix: str, input_key: str, output_key: str) -> dict:
         "webhook": _nullable({"title": "Webhook", "type": "string", "maxLength": 65536, "minLength": 1,
                               "format": "uri"}),
         "webhook_events_filter": {"default": ["start", "output", "logs", "completed"],
-                                  "items": {"$ref": _REF + "WebhookEvent"}, "type": "array", "nullable": True},
+                                  "items": {"$ref": REF + "WebhookEvent"}, "type": "array", "nullable": True},
     }}
     response = {"title": f"{prefix}Response", "type": "object", "properties": {
-        "input": inp, "output": {"$ref": _REF + output_key},
+        "input": inp, "output": {"$ref": REF + output_key},
         "id": _nullable({"title": "Id", "type": "string"}),
         "version": _nullable({"title": "Version", "type": "string"}),
         "created_at": _nullable({"title": "Created At", **dt}),
@@ -518,7 +517,7 @@ def _request_response(prefix: str, input_key: str, output_key: str) -> dict:
         "completed_at": _nullable({"title": "Completed At", **dt}),
         "logs": {"type": "string", "title": "Logs", "default": ""},
         "error": _nullable({"title": "Error", "type": "string"}),
-        "status": {"$ref": _REF + "Status", "nullable": True},
+        "status": {"$ref": REF + "Status", "nullable": True},
         "metrics": _nullable({"title": "Metrics", "additionalProperties": True, "type": "object"}),
     }}
     return {f"{prefix}Request": request, f"{prefix}Response": response}
@@ -527,7 +526,7 @@ def _request_response(prefix: str, input_key: str, output_key: str) -> dict:
 def _fixed_components() -> dict:
     return {
         "HTTPValidationError": {"title": "HTTPValidationError", "type": "object", "properties": {
-            "detail": {"title": "Detail", "type": "array", "items": {"$ref": _REF + "ValidationError"}}}},
+            "detail": {"title": "Detail", "type": "array", "items": {"$ref": REF + "ValidationError"}}}},
         "ValidationError": {"title": "ValidationError", "type": "object", "required": ["loc", "msg", "type"],
                             "properties": {
                                 "loc": {"title": "Location", "type": "array",
@@ -567,51 +566,3 @@ def build_openapi(project_dir: str | Path, predict_ref: str | None, train_ref: s
                                  "Response Start Shutdown Shutdown Post")
     return {"openapi": "3.0.2", "info": {"title": "Cog", "version": "0.1.0"}, "paths": paths,
             "components": {"schemas": components}}
-
-
-# ---- helpers for the runtime
-
-def input_schema(openapi: dict, mode: str = "predict") -> tuple[dict, dict]:
-    """(the Input/TrainingInput object schema with $ref/allOf enums inlined, the components dict)."""
-    components = openapi.get("components", {}).get("schemas", {})
-    key = "TrainingInput" if mode == "train" else "Input"
-    if key not in components:
-        raise SchemaError(f"the schema has no {key} component (is there a {mode} entry point?)")
-    return _inline(copy.deepcopy(components[key]), components), components
-
-
-def _inline(schema: Any, components: dict, depth: int = 0) -> Any:
-    if not isinstance(schema, dict) or depth > 32:
-        return schema
-    ref = schema.get("$ref")
-    all_of = schema.get("allOf")
-    if ref is None and isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
-        ref = all_of[0].get("$ref")
-    if isinstance(ref, str) and ref.startswith(_REF) and isinstance(components.get(ref[len(_REF):]), dict):
-        # the property's own title/description win over the enum's "An enumeration."
-        target = {k: v for k, v in components[ref[len(_REF):]].items() if k not in ("title", "description")}
-        schema = {**copy.deepcopy(target), **{k: v for k, v in schema.items() if k not in ("$ref", "allOf")}}
-    if isinstance(schema.get("properties"), dict):
-        schema["properties"] = {k: _inline(v, components, depth + 1) for k, v in schema["properties"].items()}
-    if "items" in schema:
-        schema["items"] = _inline(schema["items"], components, depth + 1)
-    return schema
-
-
-def file_fields(openapi: dict, mode: str = "predict") -> dict[str, str]:
-    """Input name -> "uri" (one file) or "uri-list" (a list of files), for inputs the runtime downloads."""
-    schema, _ = input_schema(openapi, mode)
-    out = {}
-    for name, prop in schema.get("properties", {}).items():
-        items = prop.get("items")
-        if prop.get("format") == "uri":
-            out[name] = "uri"
-        elif prop.get("type") == "array" and isinstance(items, dict) and items.get("format") == "uri":
-            out[name] = "uri-list"
-    return out
-
-
-def secret_fields(openapi: dict, mode: str = "predict") -> set[str]:
-    """Input names declared as Secret: masked wherever a prediction is shown."""
-    schema, _ = input_schema(openapi, mode)
-    return {name for name, prop in schema.get("properties", {}).items() if prop.get("x-cog-secret")}

@@ -24,7 +24,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import delete, func, select, update

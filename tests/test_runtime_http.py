@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
 from conftest import EXAMPLES

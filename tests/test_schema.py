@@ -4,7 +4,8 @@ import textwrap
 
 import pytest
 
-from cogkit.schema import SchemaError, build_openapi, file_fields, input_schema
+from cogkit.inputs import file_fields, input_schema
+from cogkit.schema import SchemaError, build_openapi
 
 HEADER = """\
 from typing import Any, List, Optional

@@ -11,10 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from cogkit import __version__
-from cogkit.inputs import InputValidationError, validate_input
+from cogkit.inputs import InputValidationError, secret_fields, validate_input
 from cogkit.runtime.runner import Busy, NotReady, Prediction, Runner
 from cogkit.runtime.webhooks import EVENTS
-from cogkit.schema import secret_fields
 
 MODES = {"predictions": "predict", "trainings": "train"}
 

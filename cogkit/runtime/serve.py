@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from cogkit.config import Config, load_config
 from cogkit.runtime.http import create_app
 from cogkit.runtime.runner import Runner
-from cogkit.schema import build_openapi, file_fields
+from cogkit.inputs import file_fields
+from cogkit.schema import build_openapi
 
 
 def make_runner(config: Config, python: str, upload_url: str | None = None) -> tuple[Runner, dict[str, Any]]:
