@@ -77,8 +77,11 @@ class Buffer:
 
     def append(self, event: str | None, data: Any) -> None:
         index = len(self.events)
+        if index == 0 and isinstance(data, dict):
+            # The stream id travels in the first event: an extra field every SDK keeps or ignores.
+            data = {**data, "cogkit_stream_id": self.id}
         raw = encode_sse(data, event, str(index))
-        if index == 0:   # the stream id travels in the first event too (a comment: no SDK trips on it)
+        if index == 0:   # and as a comment, for clients that only read raw lines
             raw = f": stream {self.id}\n".encode() + raw
         self.events.append(raw)
         self.size += len(raw)

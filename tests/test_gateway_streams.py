@@ -70,6 +70,7 @@ def test_resume_after_disconnect_is_byte_identical_one_upstream_call_one_bill(sl
         full = c.get(f"/v1/streams/{stream_id}", params={"from": 0}).content
         by_header = c.get(f"/v1/streams/{stream_id}", headers={"last-event-id": "4"}).content
     assert head.startswith(f": stream {stream_id}\nid: 0\n".encode())
+    assert f'"cogkit_stream_id":"{stream_id}"'.encode() in head.split(b"\n\n")[0]
     assert head + rest == full and by_header == rest
     assert rest.endswith(b"data: [DONE]\n\n") and b"id: 5\n" in rest
     assert g.fake.stats()["requests"] == 1 and g.fake.stats()["streams_completed"] == 1
