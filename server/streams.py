@@ -23,6 +23,7 @@ from server.metrics import Metrics
 from server.providers import UpstreamError
 from server.translate.sse import encode_sse
 
+CANCEL_CHECK_INTERVAL = 1.0            # seconds between checks for DELETEs made on other replicas
 Event = tuple[str | None, Any]          # (SSE event name or None, data dict or str)
 
 
@@ -105,6 +106,7 @@ class Streams:
         self.live: dict[str, Buffer] = {}
         self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
         self._tasks: list[asyncio.Task] = []
+        self._cancel_checked = 0.0
 
     # ---- lifecycle ----
     def start_background(self) -> None:
@@ -231,7 +233,7 @@ class Streams:
         found = await self.find(id, tenant_id)
         if found is None:
             return False
-        # Pumped by another replica: mark it, so readers stop; that replica's upstream runs out on its own.
+        # Pumped by another replica: mark it; that replica sees the mark and stops its upstream.
         await self._write_call(self.repo.finish, id, "cancelled")
         return True
 
@@ -252,6 +254,7 @@ class Streams:
             for id in [id for id, buf in self.pending.items() if buf.done]:
                 del self.pending[id]
             return
+        await self._stop_cancelled_elsewhere()
         batch = []
         for buf in list(self.pending.values()):
             n = len(buf.events)
@@ -263,6 +266,21 @@ class Streams:
             for buf, _start, _end, final in batch:
                 if final and buf.stored_final:
                     self.pending.pop(buf.id, None)
+
+    async def _stop_cancelled_elsewhere(self) -> None:
+        """A DELETE that reached another replica marks the stream in the store; the replica
+        that pumps it checks its running streams in one query, about once a second."""
+        now = time.monotonic()
+        if now - self._cancel_checked < CANCEL_CHECK_INTERVAL:
+            return
+        self._cancel_checked = now
+        running = [b.id for b in self.pending.values() if b.created and not b.done and b.task]
+        loop = asyncio.get_running_loop()
+        for id in await loop.run_in_executor(None, self.repo.cancelled, running) if running else ():
+            buf = self.live.get(id)
+            if buf is not None and buf.task and not buf.done:
+                log_event(self.log, "stream cancelled by another replica", stream_id=id)
+                buf.task.cancel()
 
     def _write(self, batch: list[tuple[Buffer, int, int, bool]]) -> None:
         """Runs in a thread: one pass over every stream with something new."""

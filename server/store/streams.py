@@ -54,6 +54,14 @@ class StreamRepo:
             conn.execute(update(streams).where(streams.c.id == id)
                          .values(status=status, finished_at=now, updated_at=now))
 
+    def cancelled(self, ids: list[str]) -> set[str]:
+        """Which of these streams someone marked cancelled (e.g. a DELETE on another replica)."""
+        if not ids:
+            return set()
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(streams.c.id).where(streams.c.id.in_(ids), streams.c.status == "cancelled"))
+            return {row[0] for row in rows}
+
     def get(self, id: str) -> StreamInfo | None:
         with self.store.engine.connect() as conn:
             row = conn.execute(select(streams).where(streams.c.id == id)).mappings().first()
