@@ -28,6 +28,7 @@ from PIL import Image
 from cogkit.build import builder, container, registry
 from cogkit.runtime.files import decode_data_uri
 from conftest import EXAMPLES, free_port
+from test_build import auth_registry  # noqa: F401 - fixture
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
@@ -403,34 +404,6 @@ def test_cli_runs_an_image_until_interrupted(command: str, engine, images, tmp_p
     leftovers = [c for c in engine.containers(all=True, filters={"label": container.LABEL})
                  if str(port) in c["Command"]]
     assert not leftovers
-
-
-@pytest.fixture
-def auth_registry(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
-    """A registry on a free port that wants a username and password."""
-    for tool in ("docker-registry", "htpasswd"):
-        if not shutil.which(tool):
-            pytest.fail(f"{tool} is missing: run `{START_SERVICES}`, which installs it", pytrace=False)
-    user, password = "tester", uuid.uuid4().hex
-    htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True, text=True, check=True)
-    (tmp_path / "htpasswd").write_text(htpasswd.stdout)
-    address = f"127.0.0.1:{free_port()}"
-    (tmp_path / "registry.yml").write_text(
-        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"auth:\n  htpasswd:\n    realm: cogkit-test\n    path: {tmp_path / 'htpasswd'}\nhttp:\n  addr: {address}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "registry.yml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://{address}/v2/", timeout=1).status_code == 401:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield address, user, password
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_cli_login(engine, auth_registry, tmp_path: Path) -> None:
