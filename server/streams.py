@@ -233,8 +233,9 @@ class Streams:
         found = await self.find(id, tenant_id)
         if found is None:
             return False
-        # Pumped by another replica: mark it; that replica sees the mark and stops its upstream.
-        await self._write_call(self.repo.finish, id, "cancelled")
+        # Pumped by another replica: mark it (if still running); that replica sees the mark and
+        # stops its upstream.
+        await self._write_call(self.repo.finish, id, "cancelled", True)
         return True
 
     # ---- background work ----
@@ -254,7 +255,10 @@ class Streams:
             for id in [id for id, buf in self.pending.items() if buf.done]:
                 del self.pending[id]
             return
-        await self._stop_cancelled_elsewhere()
+        try:
+            await self._stop_cancelled_elsewhere()
+        except Exception:  # noqa: BLE001 - checked again next time; the flush goes on
+            self.log.exception("checking for streams cancelled elsewhere failed")
         batch = []
         for buf in list(self.pending.values()):
             n = len(buf.events)

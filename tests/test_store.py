@@ -130,6 +130,20 @@ def test_stream_repo(store: Store) -> None:
     assert info.created_at.tzinfo == timezone.utc
 
 
+def test_stream_cancel_marks(store: Store) -> None:
+    """A DELETE on a replica that doesn't pump the stream marks it; the pumping one asks, in one query."""
+    repo = StreamRepo(store)
+    running, done, other = (f"s-{uuid.uuid4().hex}" for _ in range(3))
+    for sid in (running, done, other):
+        repo.create(sid, "acme", "openai")
+    repo.finish(done, "ok")
+    assert repo.cancelled([running, done, other]) == set()
+    assert repo.finish(running, "cancelled", only_running=True) is True
+    assert repo.finish(done, "cancelled", only_running=True) is False     # an ended stream keeps its status
+    assert repo.get(done).status == "ok"
+    assert repo.cancelled([running, done, other]) == {running} and repo.cancelled([]) == set()
+
+
 def test_stream_purge(store: Store) -> None:
     repo = StreamRepo(store)
     old_done, old_open, fresh = (f"s-{uuid.uuid4().hex}" for _ in range(3))

@@ -48,11 +48,15 @@ class StreamRepo:
             conn.execute(self.store.insert(stream_events).on_conflict_do_nothing(), rows)
             conn.execute(update(streams).where(streams.c.id == id).values(updated_at=utcnow()))
 
-    def finish(self, id: str, status: str) -> None:
+    def finish(self, id: str, status: str, only_running: bool = False) -> bool:
+        """Set the stream's final status; with only_running, only if it is still "running"
+        (a DELETE from another replica must not rewrite a stream that already ended)."""
         now = utcnow()
+        query = update(streams).where(streams.c.id == id)
+        if only_running:
+            query = query.where(streams.c.status == "running")
         with self.store.begin() as conn:
-            conn.execute(update(streams).where(streams.c.id == id)
-                         .values(status=status, finished_at=now, updated_at=now))
+            return conn.execute(query.values(status=status, finished_at=now, updated_at=now)).rowcount > 0
 
     def cancelled(self, ids: list[str]) -> set[str]:
         """Which of these streams someone marked cancelled (e.g. a DELETE on another replica)."""
