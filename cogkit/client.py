@@ -26,7 +26,7 @@ RESUMABLE = (httpx.TransportError,)          # dropped connection, read timeout,
 
 @dataclass
 class RunEvent:
-    event: str          # "output" | "logs" | "completed"
+    event: str          # "start" (data: id, model, provider, cogkit_stream_id) | "output" | "logs" | "completed"
     data: Any
     index: int
 
@@ -90,6 +90,11 @@ def _check(resp: httpx.Response, text: bytes) -> None:
     raise GatewayError(f"HTTP {resp.status_code}: {message}", resp.status_code, body)
 
 
+def _stream_id(event: RunEvent) -> str | None:
+    """The id the first event carries (for when a proxy dropped the x-cogkit-stream-id header)."""
+    return event.data.get("cogkit_stream_id") if event.index == 0 and isinstance(event.data, dict) else None
+
+
 def _finished(event: RunEvent) -> bool:
     if event.event == "error":
         data = event.data if isinstance(event.data, dict) else {"message": str(event.data)}
@@ -131,6 +136,7 @@ class Client:
                         if event is None:
                             continue
                         have = event.index + 1 if event.index >= 0 else have + 1
+                        stream_id = stream_id or _stream_id(event)
                         done = _finished(event)
                         yield event
                         if done:
@@ -191,6 +197,7 @@ class AsyncClient:
                         if event is None:
                             continue
                         have = event.index + 1 if event.index >= 0 else have + 1
+                        stream_id = stream_id or _stream_id(event)
                         done = _finished(event)
                         yield event
                         if done:

@@ -48,6 +48,15 @@ class Relay:
             elif choice.get("text"):
                 self.chars += len(choice["text"])
 
+    def start(self) -> list[Event]:
+        """Events before the upstream's first item (none, but for /ai/run's `start`)."""
+        return []
+
+    def tag(self, event: str | None, data: Any, stream_id: str) -> Any:
+        """The stream's first event, carrying its id in a field the format's clients keep: by default
+        a top-level "cogkit_stream_id" in a JSON object (OpenAI SDKs keep unknown fields)."""
+        return {**data, "cogkit_stream_id": stream_id} if isinstance(data, dict) else data
+
     def events(self, item: Any) -> list[Event]:
         raise NotImplementedError
 
@@ -74,13 +83,13 @@ class Buffer:
         self.idle = t.idle
         self.timed_out: str | None = None
         self.task: asyncio.Task | None = None
+        self.tag: Callable[[str | None, Any, str], Any] | None = None   # the relay's: marks the first event
         self._changed = asyncio.get_running_loop().create_future()
 
     def append(self, event: str | None, data: Any) -> None:
         index = len(self.events)
-        if index == 0 and isinstance(data, dict):
-            # The stream id travels in the first event: an extra field every SDK keeps or ignores.
-            data = {**data, "cogkit_stream_id": self.id}
+        if index == 0 and self.tag is not None:   # the stream id travels in the first event
+            data = self.tag(event, data, self.id)
         raw = encode_sse(data, event, str(index))
         if index == 0:   # and as a comment, for clients that only read raw lines
             raw = f": stream {self.id}\n".encode() + raw
@@ -129,6 +138,7 @@ class Streams:
     def start(self, tenant_id: str, t: Timeouts, relay: Relay, head: list, rest: AsyncIterator,
               on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> Buffer:
         buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
+        buf.tag = relay.tag
         self.live[buf.id] = self.pending[buf.id] = buf
         buf.task = asyncio.create_task(self._pump(buf, relay, head, rest, on_done))
         return buf
@@ -138,6 +148,7 @@ class Streams:
         self.metrics.streams_active.inc()
         status, error = "ok", None
         try:
+            self._add(buf, relay.start())
             for item in head:
                 self._add(buf, relay.events(item))
             async for item in rest:

@@ -3,6 +3,7 @@ from a second gateway process sharing the store, DELETE, tenant isolation, and c
 resuming by itself through a connection that breaks."""
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -70,7 +71,9 @@ def test_resume_after_disconnect_is_byte_identical_one_upstream_call_one_bill(sl
         full = c.get(f"/v1/streams/{stream_id}", params={"from": 0}).content
         by_header = c.get(f"/v1/streams/{stream_id}", headers={"last-event-id": "4"}).content
     assert head.startswith(f": stream {stream_id}\nid: 0\n".encode())
-    assert f'"cogkit_stream_id":"{stream_id}"'.encode() in head.split(b"\n\n")[0]
+    first = json.loads(head.split(b"\n\n")[0].split(b"data: ", 1)[1])
+    assert first["cogkit_stream_id"] == stream_id and first["object"] == "chat.completion.chunk"
+    assert b"cogkit_stream_id" not in rest                     # the first event only
     assert head + rest == full and by_header == rest
     assert rest.endswith(b"data: [DONE]\n\n") and b"id: 5\n" in rest
     assert g.fake.stats()["requests"] == 1 and g.fake.stats()["streams_completed"] == 1
@@ -90,6 +93,22 @@ def test_anthropic_format_stream_resumes_too(slow):
             head = read_events(resp, 4)
         rest = c.get(f"/v1/streams/{stream_id}", params={"from": 4}).content
     assert b"event: message_start" in head and rest.rstrip().endswith(b'{"type":"message_stop"}')
+    first = json.loads(head.split(b"\n\n")[0].split(b"data: ", 1)[1])    # the id, where the SDKs keep it
+    assert first["type"] == "message_start" and first["message"]["cogkit_stream_id"] == stream_id
+    assert "cogkit_stream_id" not in first
+
+
+def test_sdk_users_see_the_stream_id_in_the_first_event(slow):
+    g = slow()
+    g.fake.configure(token_delay=0)
+    msgs = [{"role": "user", "content": "a b"}]
+    raw = g.openai(g.admin_key).chat.completions.with_raw_response.create(model="m", messages=msgs, stream=True)
+    chunks = list(raw.parse())
+    assert chunks[0].model_extra["cogkit_stream_id"] == raw.headers["x-cogkit-stream-id"]
+    assert all("cogkit_stream_id" not in c.model_extra for c in chunks[1:])
+    with g.anthropic(g.admin_key).messages.stream(model="m", max_tokens=10, messages=msgs) as s:
+        events = list(s)
+    assert events[0].type == "message_start" and events[0].message.model_extra["cogkit_stream_id"].startswith("strm_")
 
 
 def test_tenants_only_see_their_own_streams(slow):
@@ -197,6 +216,8 @@ def test_cogkit_client_resumes_by_itself(slow):
     assert proxy.connections >= 2
     outputs = "".join(e.data for e in events if e.event == "output")
     assert outputs == "Echo: " + LONG
+    assert events[0].event == "start" and events[0].data["cogkit_stream_id"].startswith("strm_")
+    assert events[0].data["provider"] == "openai" and events[0].data["model"] == "m"
     assert [e.index for e in events] == list(range(len(events)))     # nothing lost, nothing twice
     assert events[-1].event == "completed" and events[-1].data["output"] == outputs
     assert g.fake.stats()["requests"] == 1

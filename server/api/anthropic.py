@@ -2,6 +2,8 @@
 Clients authenticate with `x-api-key: <gateway key>`, as the Anthropic SDK sends it."""
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -22,6 +24,12 @@ class AnthropicRelay(Relay):
     def __init__(self, model: str) -> None:
         super().__init__()
         self.translator = OpenAIToAnthropicStream(model)
+
+    def tag(self, event: str | None, data: Any, stream_id: str) -> Any:
+        """The stream id goes in message_start's `message` (the SDKs keep its unknown fields)."""
+        if event == "message_start" and isinstance(data, dict) and isinstance(data.get("message"), dict):
+            return {**data, "message": {**data["message"], "cogkit_stream_id": stream_id}}
+        return super().tag(event, data, stream_id)
 
     def events(self, chunk: dict) -> list[Event]:
         self.observe(chunk)

@@ -5,9 +5,10 @@ Body: the model's inputs, either bare (`{"prompt": "hi"}`) or wrapped (`{"input"
 (`@ns/model`) get the inputs as they are; chat models take `messages` (OpenAI format) or `prompt`
 (+ `system`), with any other chat parameter (max_tokens, tools, ...).
 
-Answer: `{"id", "model", "provider", "output", "usage", ...}`. Stream: `event: output` per piece of
-output, `event: logs` for a platform model's logs, then `event: completed` with the same envelope
-as the JSON answer, or `event: error`.
+Answer: `{"id", "model", "provider", "output", "usage", ...}`. Stream: first `event: start`
+(`{"id", "model", "provider", "cogkit_stream_id"}`), then `event: output` per piece of output,
+`event: logs` for a platform model's logs, then `event: completed` with the same envelope as the
+JSON answer, or `event: error`.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def chat_envelope(call: Call, result: dict) -> dict:
     return out
 
 
+def start_event(call: Call) -> list[Event]:
+    """The stream's first event: who answers, and (added by Relay.tag) the stream id to resume it by."""
+    return [("start", {"id": call.request_id, "model": call.model,
+                       "provider": call.target.provider if call.target else None})]
+
+
 def platform_envelope(call: Call, prediction: dict) -> dict:
     return {"id": call.request_id, "model": call.model, "provider": call.target.provider if call.target else None,
             "status": prediction.get("status", "succeeded"), "output": prediction.get("output"),
@@ -61,6 +68,9 @@ class ChatRunRelay(Relay):
         super().__init__()
         self.call, self.text, self.finish_reason = call, [], None
         self.tool_calls: dict[int, dict] = {}
+
+    def start(self) -> list[Event]:
+        return start_event(self.call)
 
     def events(self, chunk: dict) -> list[Event]:
         self.observe(chunk)
@@ -97,6 +107,9 @@ class PlatformRunRelay(Relay):
     def __init__(self, call: Call) -> None:
         super().__init__()
         self.call, self.prediction = call, {}
+
+    def start(self) -> list[Event]:
+        return start_event(self.call)
 
     def events(self, item: tuple[str, Any]) -> list[Event]:
         event, data = item
