@@ -168,15 +168,28 @@ class Gateway:
             await self.write(self._bill, batch)
 
     def _bill(self, batch: list) -> None:
-        for reservation, key, output_tokens, record in batch:
+        """In the writer thread: every request finished since the last pass, billed in one transaction
+        (usage rows idempotent on request_id, settlements only for rows that were new: exactly once)."""
+        if not batch:
+            return
+        try:
+            self.ledger.bill_many([(reservation, record) for reservation, _key, _tokens, record in batch])
+        except Exception:  # noqa: BLE001 - e.g. one bad row: bill them one by one, so the others still go in
+            self.log.exception("billing a batch failed; billing its requests one by one")
+            for reservation, _key, _tokens, record in batch:
+                try:
+                    self.ledger.bill_many([(reservation, record)])
+                except Exception:  # noqa: BLE001 - a billing failure is logged, never raised at a finished response
+                    self.log.exception("recording usage failed", extra={"fields": {"request_id": record.request_id}})
+        tokens: dict[str, tuple[KeyInfo, int]] = {}     # key id -> (key, output tokens): one count per key
+        for _reservation, key, output_tokens, _record in batch:
+            if output_tokens and key.tpm is not None:
+                tokens[key.id] = (key, tokens.get(key.id, (key, 0))[1] + output_tokens)
+        for key, n in tokens.values():
             try:
-                if reservation is not None and (reservation.micros or record.cost):   # else nothing to move
-                    self.ledger.settle(reservation, record.cost)
-                if output_tokens:
-                    self.ledger.count_tokens(key, output_tokens)
-                self.ledger.record(record)
-            except Exception:  # noqa: BLE001 - a billing failure is logged, never raised at a finished response
-                self.log.exception("recording usage failed", extra={"fields": {"request_id": record.request_id}})
+                self.ledger.count_tokens(key, n)
+            except Exception:  # noqa: BLE001 - a rate counter is best effort after the response
+                self.log.exception("counting tokens failed", extra={"fields": {"key_id": key.id}})
 
     def headers(self, call: Call) -> dict[str, str]:
         call.overhead = call.overhead_ms()     # until the answer starts: streaming time is not ours

@@ -230,13 +230,26 @@ class Ledger:
 
     def settle(self, reservation: Reservation, cost: float) -> None:
         """Release the reservation and charge `cost` USD (0 on failure). Once per reservation."""
-        if reservation.settled:
-            return
-        reservation.settled = True
-        charge = max(0, _micros(cost))
-        held = reservation.micros
-        with self.store.begin(immediate=True) as conn:
-            conn.execute(update(credits).where(credits.c.tenant_id == reservation.tenant_id).values(
+        self.settle_many([(reservation, cost)])
+
+    def settle_many(self, items: list[tuple[Reservation, float]]) -> None:
+        """settle() for many reservations in one transaction: one UPDATE per tenant."""
+        todo = [(r, cost) for r, cost in items if not r.settled]
+        if todo:
+            with self.store.begin(immediate=True) as conn:
+                self._settle(conn, todo)
+            for r, _cost in todo:
+                r.settled = True
+
+    def _settle(self, conn, items: list[tuple[Reservation, float]]) -> None:
+        per_tenant: dict[str, list[int]] = {}            # tenant -> [held, charge]
+        for r, cost in items:
+            sums = per_tenant.setdefault(r.tenant_id, [0, 0])
+            sums[0] += r.micros
+            sums[1] += max(0, _micros(cost))
+        # Releasing a + b at once is releasing a then b: both clamp the reserved amount at 0.
+        for tenant_id, (held, charge) in sorted(per_tenant.items()):   # one lock order for every writer
+            conn.execute(update(credits).where(credits.c.tenant_id == tenant_id).values(
                 reserved_micros=case((credits.c.reserved_micros >= held, credits.c.reserved_micros - held), else_=0),
                 balance_micros=credits.c.balance_micros - charge,   # NULL (unlimited) stays NULL
                 spent_micros=credits.c.spent_micros + charge,
@@ -245,15 +258,54 @@ class Ledger:
     # -- usage -------------------------------------------------------------------
     def record(self, rec: UsageRecord) -> bool:
         """Write the request's usage row; False (and no change) if request_id was recorded before."""
-        if rec.status not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {rec.status!r}")
-        row = asdict(rec)
-        row["attempted"] = list(rec.attempted or [])
-        row["metadata"] = dict(rec.metadata or {})
+        return bool(self.record_many([rec]))
+
+    def record_many(self, recs: list[UsageRecord]) -> set[str]:
+        """record() for many requests in one transaction; the request_ids that were new
+        (one recorded before is left as it was: recording is idempotent on request_id)."""
+        rows = self._usage_rows(recs)
+        if not rows:
+            return set()
         with self.store.begin(immediate=True) as conn:
-            return conn.execute(self.store.insert(usage).values(**row)  # RETURNING: see auth.create_tenant
-                                .on_conflict_do_nothing(index_elements=["request_id"])
-                                .returning(usage.c.request_id)).first() is not None
+            return self._record(conn, rows)
+
+    def bill_many(self, bills: list[tuple[Reservation | None, UsageRecord]]) -> set[str]:
+        """Finished requests, billed in one transaction: their usage rows, then the settlement of the
+        reservations of those rows that were new. A request recorded before moves no money again, so
+        a batch retried after an unclear failure still bills each request exactly once."""
+        rows = self._usage_rows([rec for _r, rec in bills])
+        if not rows:
+            return set()
+        with self.store.begin(immediate=True) as conn:
+            new = self._record(conn, rows)
+            todo, seen = [], set()
+            for r, rec in bills:
+                if rec.request_id in new and rec.request_id not in seen:
+                    seen.add(rec.request_id)
+                    if r is not None and not r.settled and (r.micros or rec.cost):   # else nothing to move
+                        todo.append((r, rec.cost))
+            if todo:
+                self._settle(conn, todo)
+        for r, _cost in todo:
+            r.settled = True
+        return new
+
+    def _usage_rows(self, recs: list[UsageRecord]) -> list[dict]:
+        rows = []
+        for rec in recs:
+            if rec.status not in STATUSES:
+                raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {rec.status!r}")
+            row = asdict(rec)
+            row["attempted"] = list(rec.attempted or [])
+            row["metadata"] = dict(rec.metadata or {})
+            rows.append(row)
+        return rows
+
+    def _record(self, conn, rows: list[dict]) -> set[str]:
+        # RETURNING, not rowcount (see auth.create_tenant): the rows a conflict skipped don't come back.
+        stmt = (self.store.insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
+                .returning(usage.c.request_id))
+        return set(conn.execute(stmt, rows).scalars())
 
     def spend(self, tenant_id: str, group_by: str = "model", start: datetime | None = None,
               end: datetime | None = None) -> list[dict]:

@@ -132,7 +132,10 @@ class Streams:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush_once()
+        try:
+            await self._flush_once()
+        except Exception:  # noqa: BLE001 - the gateway's shutdown (its bills) goes on
+            self.log.exception("final stream flush failed")
 
     # ---- producing ----
     def start(self, tenant_id: str, t: Timeouts, relay: Relay, head: list, rest: AsyncIterator,
@@ -298,16 +301,15 @@ class Streams:
                 buf.task.cancel()
 
     def _write(self, batch: list[tuple[Buffer, int, int, bool]]) -> None:
-        """Runs in a thread: one pass over every stream with something new."""
-        for buf, start, end, final in batch:
-            if not buf.created:
-                self.repo.create(buf.id, buf.tenant_id, buf.format, {})
-                buf.created = True
-            if end > start:
-                self.repo.append(buf.id, [(i, buf.events[i]) for i in range(start, end)])
-                buf.flushed = end
+        """Runs in the writer thread: every stream with something new, in one transaction
+        (a failed one is done again next pass: the writes are idempotent)."""
+        self.repo.save_many([(b.id, b.tenant_id, b.format, {}) for b, _s, _e, _f in batch if not b.created],
+                            [(b.id, i, b.events[i]) for b, start, end, _f in batch for i in range(start, end)],
+                            [(b.id, b.status) for b, _s, _e, final in batch if final])
+        for buf, _start, end, final in batch:
+            buf.created = True
+            buf.flushed = max(buf.flushed, end)
             if final:
-                self.repo.finish(buf.id, buf.status)
                 buf.stored_final = True
 
     async def _watchdog(self) -> None:

@@ -376,3 +376,38 @@ def test_record_is_idempotent_and_spend_groups(auth: Auth, store: Store) -> None
     assert recent[1].metadata == {"team": "search"} and recent[1].cost == 2.0
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM usage")).scalar() >= 5
+
+
+def test_batches_record_settle_and_bill_exactly_once(auth: Auth, store: Store) -> None:
+    ledger = Ledger(store)
+    a, b = tenant(auth), tenant(auth)
+    ledger.set_credits(a, 10.0)
+
+    def rec(tid: str, cost: float) -> UsageRecord:
+        return UsageRecord(request_id=f"req-{uuid.uuid4().hex}", tenant_id=tid, model="m", cost=cost,
+                           input_tokens=1, output_tokens=2, metadata={"n": 1})
+
+    recs = [rec(a, 0.5), rec(a, 0.25), rec(b, 1.0)]
+    assert ledger.record_many(recs[:2]) == {recs[0].request_id, recs[1].request_id}
+    assert ledger.record_many(recs) == {recs[2].request_id}          # the ones recorded before: kept as they were
+    assert ledger.record_many([]) == set()
+    with pytest.raises(ValueError):                                    # one bad row: nothing of the batch
+        ledger.record_many([rec(a, 1.0), UsageRecord(request_id="bad", tenant_id=a, status="weird")])
+    assert len(ledger.requests(a, 10)) == 2
+
+    held = [ledger.reserve(a, 1.0), ledger.reserve(a, 2.0), ledger.reserve(b, 5.0)]
+    assert ledger.credits(a)["reserved"] == 3.0
+    ledger.settle_many([(held[0], 0.5), (held[1], 0.25), (held[2], 1.0)])
+    ledger.settle_many([(held[0], 0.5)])                               # once per reservation
+    assert ledger.credits(a) == {"balance": 9.25, "reserved": 0.0, "available": 9.25, "spent": 0.75}
+    assert ledger.credits(b)["spent"] == 0.0                           # b has no credits row: nothing to move
+
+    # bill_many: the usage rows, and the money only for the rows that were new, in one transaction.
+    bills = [(ledger.reserve(a, 1.0), rec(a, 0.5)), (ledger.reserve(a, 1.0), rec(a, 0.25)), (None, rec(b, 3.0))]
+    assert ledger.bill_many(bills) == {r.request_id for _h, r in bills}
+    assert ledger.credits(a) == {"balance": 8.5, "reserved": 0.0, "available": 8.5, "spent": 1.5}
+    again = [(ledger.reserve(a, 1.0), r) for _h, r in bills[:2]]        # the same requests billed again
+    assert ledger.bill_many(again) == set()
+    assert ledger.credits(a)["spent"] == 1.5 and ledger.credits(a)["reserved"] == 2.0   # not charged twice
+    assert ledger.spend(a, "model") == [{"group": "m", "requests": 4, "input_tokens": 4, "output_tokens": 8,
+                                         "cost": 1.5}]

@@ -130,6 +130,23 @@ def test_stream_repo(store: Store) -> None:
     assert info.created_at.tzinfo == timezone.utc
 
 
+def test_stream_batches(store: Store) -> None:
+    """The flusher's one transaction for many streams: new rows, events, ends; a retried pass changes nothing."""
+    repo = StreamRepo(store)
+    a, b, c = (f"s-{uuid.uuid4().hex}" for _ in range(3))
+    repo.create(c, "acme", "run")
+    for _ in range(2):
+        repo.save_many([(a, "acme", "openai", None), (b, "beta", "anthropic", {"m": 1})],
+                       [(a, 0, b"a0"), (a, 1, b"a1"), (b, 0, b"b0"), (c, 0, b"c0")], [(a, "ok"), (c, "partial")])
+    repo.save_many()
+    repo.append_many([(b, 1, b"b1"), (b, 0, b"retried"), (c, 1, b"c1")])
+    assert repo.read(a) == [b"a0", b"a1"] and repo.read(b) == [b"b0", b"b1"] and repo.read(c) == [b"c0", b"c1"]
+    got = {sid: repo.get(sid) for sid in (a, b, c)}
+    assert [(i.status, i.tenant_id, i.format, i.next_index) for i in got.values()] == \
+        [("ok", "acme", "openai", 2), ("running", "beta", "anthropic", 2), ("partial", "acme", "run", 2)]
+    assert got[b].meta == {"m": 1} and got[a].finished_at is not None and got[b].finished_at is None
+
+
 def test_stream_cancel_marks(store: Store) -> None:
     """A DELETE on a replica that doesn't pump the stream marks it; the pumping one asks, in one query."""
     repo = StreamRepo(store)

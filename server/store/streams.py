@@ -41,12 +41,44 @@ class StreamRepo:
 
     def append(self, id: str, events: list[tuple[int, bytes]]) -> None:
         """Store events by index; an index already stored is kept (appends may be retried)."""
+        self.append_many([(id, i, data) for i, data in events])
+
+    def append_many(self, events: list[tuple[str, int, bytes]]) -> None:
+        """append() for many streams in one transaction: (stream id, index, bytes) rows."""
+        if events:
+            with self.store.begin() as conn:
+                self._append(conn, events, utcnow())
+
+    def save_many(self, created: list[tuple[str, str, str, dict | None]] = (),
+                  events: list[tuple[str, int, bytes]] = (), finished: list[tuple[str, str]] = ()) -> None:
+        """What the gateway's flusher has for every stream since its last pass, in one transaction:
+        new streams (id, tenant_id, format, meta), events (id, index, bytes), ends (id, status).
+        Idempotent like create/append/finish, so a failed pass can simply be done again."""
+        if not (created or events or finished):
+            return
+        now = utcnow()
+        with self.store.begin() as conn:
+            if created:
+                conn.execute(self.store.insert(streams).on_conflict_do_nothing(),
+                             [{"id": id, "tenant_id": tenant_id, "format": fmt, "meta": meta or {},
+                               "status": "running", "created_at": now, "updated_at": now}
+                              for id, tenant_id, fmt, meta in created])
+            self._append(conn, events, now)
+            by_status: dict[str, list[str]] = {}
+            for id, status in finished:
+                by_status.setdefault(status, []).append(id)
+            for status, ids in by_status.items():
+                for chunk in _chunks(ids):
+                    conn.execute(update(streams).where(streams.c.id.in_(chunk))
+                                 .values(status=status, finished_at=now, updated_at=now))
+
+    def _append(self, conn, events: list[tuple[str, int, bytes]], now) -> None:
         if not events:
             return
-        rows = [{"stream_id": id, "idx": int(i), "data": bytes(data)} for i, data in events]
-        with self.store.begin() as conn:
-            conn.execute(self.store.insert(stream_events).on_conflict_do_nothing(), rows)
-            conn.execute(update(streams).where(streams.c.id == id).values(updated_at=utcnow()))
+        conn.execute(self.store.insert(stream_events).on_conflict_do_nothing(),
+                     [{"stream_id": id, "idx": int(i), "data": bytes(data)} for id, i, data in events])
+        for chunk in _chunks(list(dict.fromkeys(id for id, _i, _data in events))):
+            conn.execute(update(streams).where(streams.c.id.in_(chunk)).values(updated_at=now))
 
     def finish(self, id: str, status: str, only_running: bool = False) -> bool:
         """Set the stream's final status; with only_running, only if it is still "running"
@@ -94,8 +126,13 @@ class StreamRepo:
         old = or_(streams.c.finished_at < cutoff, (streams.c.finished_at.is_(None)) & (streams.c.updated_at < cutoff))
         with self.store.begin(immediate=True) as conn:
             ids = list(conn.execute(select(streams.c.id).where(old)).scalars())
-            for start in range(0, len(ids), 500):  # keep IN lists short
-                chunk = ids[start:start + 500]
+            for chunk in _chunks(ids):
                 conn.execute(delete(stream_events).where(stream_events.c.stream_id.in_(chunk)))
                 conn.execute(delete(streams).where(streams.c.id.in_(chunk)))
         return len(ids)
+
+
+def _chunks(ids: list[str], size: int = 500):
+    """Keep IN lists short."""
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
