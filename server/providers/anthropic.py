@@ -2,13 +2,11 @@
 `https://api.anthropic.com` (a trailing `/v1` is accepted too)."""
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 
 from server.config import Timeouts
-from server.providers.base import Provider, UpstreamError
-from server.translate import StreamError
+from server.providers.base import Provider
 from server.translate.anthropic import (AnthropicToOpenAIStream, anthropic_to_openai_response,
                                         openai_to_anthropic_request)
 
@@ -36,16 +34,6 @@ class AnthropicProvider(Provider):
     async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
         body = {**openai_to_anthropic_request(req, model), "stream": True}
         translator = AnthropicToOpenAIStream(req.get("model") or model, "chatcmpl-" + uuid.uuid4().hex[:24])
-        try:
-            async for event, data in self.sse(self.url, body, await self._headers(), t):
-                try:
-                    payload = json.loads(data)
-                except ValueError as e:
-                    raise UpstreamError(f"{self.name}: invalid JSON in stream", None, "stream") from e
-                for chunk in translator.feed(event, payload):
-                    yield chunk
-            for chunk in translator.finish():
-                yield chunk
-        except StreamError as e:
-            raise UpstreamError(e.message, e.status, "stream", body={"type": e.type}) from e
+        async for chunk in self.translated_stream(self.url, body, translator, t):
+            yield chunk
 

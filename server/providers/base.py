@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from server.config import ProviderConfig, Timeouts
+from server.translate import StreamError
 from server.translate.sse import SSEDecoder
 
 POOL_SIZE = 32          # connections per httpx pool (see Pools)
@@ -121,6 +122,21 @@ class Provider:
             return resp.json()
         except ValueError as e:
             raise UpstreamError(f"{self.name}: upstream sent invalid JSON", resp.status_code, "http") from e
+
+    async def translated_stream(self, url: str, body: dict, translator: Any, t: Timeouts) -> AsyncIterator[dict]:
+        """An upstream SSE stream in another format, as canonical chunks through `translator`."""
+        try:
+            async for event, data in self.sse(url, body, await self._headers(), t):
+                try:
+                    payload = json.loads(data)
+                except ValueError as e:
+                    raise UpstreamError(f"{self.name}: invalid JSON in stream", None, "stream") from e
+                for chunk in translator.feed(event, payload):
+                    yield chunk
+            for chunk in translator.finish():
+                yield chunk
+        except StreamError as e:
+            raise UpstreamError(e.message, e.status, "stream", body={"type": e.type}) from e
 
     async def sse(self, url: str, body: dict, headers: dict, t: Timeouts) -> AsyncIterator[tuple[str | None, str]]:
         """(event, data) pairs of an upstream SSE response; errors as UpstreamError."""

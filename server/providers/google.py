@@ -2,13 +2,11 @@
 `https://generativelanguage.googleapis.com` (a trailing `/v1beta` or `/v1` is kept)."""
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 
 from server.config import Timeouts
-from server.providers.base import Provider, UpstreamError
-from server.translate import StreamError
+from server.providers.base import Provider
 from server.translate.gemini import GeminiToOpenAIStream, gemini_to_openai_response, openai_to_gemini_request
 
 
@@ -32,15 +30,5 @@ class GoogleProvider(Provider):
         body = openai_to_gemini_request(req, model)
         translator = GeminiToOpenAIStream(req.get("model") or model, "chatcmpl-" + uuid.uuid4().hex[:24])
         url = self._url(model, "streamGenerateContent") + "?alt=sse"
-        try:
-            async for event, data in self.sse(url, body, await self._headers(), t):
-                try:
-                    payload = json.loads(data)
-                except ValueError as e:
-                    raise UpstreamError(f"{self.name}: invalid JSON in stream", None, "stream") from e
-                for chunk in translator.feed(event, payload):
-                    yield chunk
-            for chunk in translator.finish():
-                yield chunk
-        except StreamError as e:
-            raise UpstreamError(e.message, e.status, "stream", body={"type": e.type}) from e
+        async for chunk in self.translated_stream(url, body, translator, t):
+            yield chunk
