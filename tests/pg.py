@@ -137,3 +137,20 @@ def pg_url():
     url = create_database()
     yield url
     drop_database(url)
+
+
+# The same tests on both stores: an SQLite file and the PostgreSQL database above.
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gw.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url: str):
+    from server.store import Store
+
+    s = Store(store_url)
+    yield s
+    s.close()

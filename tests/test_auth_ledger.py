@@ -2,7 +2,6 @@
 PostgreSQL and a real Redis, including several engines/processes sharing them."""
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import stat
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from pg import pg_url  # noqa: F401  (fixture)
+from pg import pg_url, store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import select, text
 
 from server.auth import Auth, AuthError, Conflict, hash_key
@@ -26,20 +25,6 @@ from server.store import Store
 from server.store.tables import api_keys, provider_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gw.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def store(store_url: str):
-    s = Store(store_url)
-    yield s
-    s.close()
 
 
 @pytest.fixture

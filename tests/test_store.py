@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from pg import pg_url  # noqa: F401  (fixture)
+from pg import pg_url, store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import inspect, select, text, update
 
 from server.store import Store, normalize_url
@@ -18,20 +18,6 @@ from server.store.tables import streams, tenants
 
 TABLES = {"schema_version", "tenants", "api_keys", "provider_secrets", "usage", "credits", "rate_counters",
           "streams", "stream_events"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gw.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def store(store_url: str):
-    s = Store(store_url)
-    yield s
-    s.close()
 
 
 def test_url_normalization(tmp_path: Path) -> None:
