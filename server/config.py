@@ -88,6 +88,15 @@ class StreamsConfig(_Strict):
     memory_retention: float = 30.0          # seconds a finished stream stays in memory (then: the store)
 
 
+class LimitsConfig(_Strict):
+    """What one request may carry; past these the gateway answers 413 naming the limit, before any
+    upstream sees the request. Defaults: what the big APIs accept (Anthropic: 32 MB per request)."""
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)   # a request body, as sent
+    max_json_depth: int = Field(64, ge=2)                  # nesting of a JSON body (a 400 past it)
+    max_name_chars: int = Field(256, ge=1)                 # names and ids: tenants, keys, secrets
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)    # one file input (a data: URL) to /ai/run
+
+
 class CacheConfig(_Strict):
     enabled: bool = False                   # exact-match, non-streaming responses only
     ttl: float = 300.0
@@ -112,6 +121,7 @@ class GatewayConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     streams: StreamsConfig = Field(default_factory=StreamsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     auth_cache_ttl: float = 30.0            # seconds a validated key is trusted without the store
     default_tenant: str = "default"

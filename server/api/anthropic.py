@@ -7,11 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server.api.body import read_body
 from server.api.deps import error_response
-from server.app import read_body
 from server.streams import Event, Relay
-from server.translate.anthropic import (OpenAIToAnthropicStream, anthropic_to_openai_request,
-                                        openai_to_anthropic_response)
+from server.translate.anthropic import (
+    OpenAIToAnthropicStream,
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+)
 from server.wire.anthropic import MessagesRequest
 
 router = APIRouter()

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.app import read_body
+from server.api.body import read_body
 from server.api.deps import error_response
 from server.streams import Event, Relay
 from server.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest

@@ -18,10 +18,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server.api.body import check_files, read_body, validate
 from server.api.deps import api_error
-from server.app import read_body
 from server.router import Call
 from server.streams import Event, Relay
+from server.wire.run import RunChatInputs
 
 router = APIRouter()
 CHAT_KEYS = ("messages", "prompt", "system")
@@ -138,15 +139,16 @@ async def run(request: Request, model: str) -> Response:
     body = await read_body(request)
     stream = bool(body.pop("stream", False))
     call = gw.new_call(request, "run", model, key, body, stream)
-    inputs = body["input"] if isinstance(body.get("input"), dict) else body
-    if not isinstance(inputs, dict):
-        raise api_error(request, 422, "input: must be an object", param="input")
+    wrapped = isinstance(body.get("input"), dict)
+    inputs = body["input"] if wrapped else body
+    check_files(request, inputs)
     if call.resolved.kind == "platform":
         if stream:
             return await gw.serve(request, key, call, "run", inputs, relay=lambda: PlatformRunRelay(call))
         return await gw.serve(request, key, call, "run", inputs, shape=lambda p: platform_envelope(call, p))
     if call.resolved.kind != "chat":
         raise api_error(request, 400, f"{model} is a {call.resolved.kind} model: use its OpenAI-compatible endpoint")
+    validate(request, RunChatInputs, inputs, ("input",) if wrapped else ())
     req = chat_request(inputs, model)
     if not req["messages"]:
         raise api_error(request, 422, "input: a chat model needs `messages` or `prompt`", param="input")
