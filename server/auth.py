@@ -111,7 +111,7 @@ def load_master_key(store: Store) -> bytes:
 def _check_fernet_key(key: bytes, where: str) -> None:
     try:
         Fernet(key)
-    except Exception:
+    except (ValueError, TypeError):   # what Fernet raises for a key of the wrong shape
         raise ValueError(f"{where} is not a Fernet key (32 url-safe base64-encoded bytes)") from None
 
 

@@ -3,7 +3,6 @@ PostgreSQL and a real Redis, including several engines/processes sharing them.""
 from __future__ import annotations
 
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -16,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from pg import pg_url, store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import select, text
 
 from server.auth import Auth, AuthError, Conflict, hash_key
 from server.ledger import InsufficientCredits, Ledger, RateLimited, UsageRecord
 from server.store import Store
 from server.store.tables import api_keys, provider_secrets
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +40,7 @@ def redis_url():
     binary = shutil.which("redis-server")
     if not binary:
         pytest.fail("redis-server is not installed: apt-get install redis-server", pytrace=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="cogkit-redis-")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", workdir], stdout=subprocess.DEVNULL)

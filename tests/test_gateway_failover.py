@@ -7,7 +7,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.test_gateway_harness import fakes, gateway, provider  # noqa: F401 - fixtures
+from tests.gateway_harness import provider
 
 MSG = [{"role": "user", "content": "tell me something"}]
 

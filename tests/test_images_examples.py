@@ -23,12 +23,12 @@ from pathlib import Path
 import docker.errors
 import httpx
 import pytest
+from conftest import EXAMPLES, free_port
 from PIL import Image
+from test_build import auth_registry  # noqa: F401 - fixture
 
 from cogkit.build import builder, container, registry
 from cogkit.runtime.files import decode_data_uri
-from conftest import EXAMPLES, free_port
-from test_build import auth_registry  # noqa: F401 - fixture
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"

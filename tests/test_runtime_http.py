@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
-from PIL import Image
-
 from conftest import EXAMPLES
+from PIL import Image
 
 
 def write_project(root: Path, predict_py: str, yaml_extra: str = "", predict_ref: str = "predict.py:Predictor") -> Path:

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from pg import pg_url, store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import inspect, select, text, update
 
 from server.store import Store, normalize_url
@@ -44,7 +43,7 @@ def test_migrations_create_all_tables_and_run_twice(store: Store, store_url: str
 
 
 def test_concurrent_first_starts_migrate_once(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
-    from pg import create_database, drop_database
+    from tests.pg import create_database, drop_database
     for url in (f"sqlite:///{tmp_path / 'race.db'}", create_database()):
         errors: list[BaseException] = []
         stores: list[Store] = []

@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator
 
 from server.config import Timeouts
 from server.providers.base import Provider
-from server.translate.anthropic import (AnthropicToOpenAIStream, anthropic_to_openai_response,
-                                        openai_to_anthropic_request)
+from server.translate.anthropic import (
+    AnthropicToOpenAIStream,
+    anthropic_to_openai_response,
+    openai_to_anthropic_request,
+)
 
 
 class AnthropicProvider(Provider):
