@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.test_gateway_harness import fakes, gateway, provider  # noqa: F401 - fixtures
+from tests.gateway_harness import provider
 
 LIMITS = {"max_body_bytes": 2_000_000, "max_name_chars": 64, "max_file_bytes": 100_000}
 
