@@ -26,10 +26,11 @@ from datetime import datetime
 from sqlalchemy import case, delete, func, select, text, update
 
 from .auth import KeyInfo
+from .status import FINAL, OK, Status
 from .store import Store
 from .store.tables import credits, rate_counters, tenants, usage, utcnow
 
-STATUSES = ("ok", "error", "canceled", "partial")
+STATUSES = FINAL        # what a usage row may say (server/status.py)
 GROUPS = ("model", "provider", "key")
 METADATA_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MICROS = 1_000_000
@@ -65,7 +66,7 @@ class UsageRecord:
     cost: float = 0.0                     # USD
     latency_ms: float | None = None
     ttft_ms: float | None = None
-    status: str = "ok"                    # ok | error | canceled | partial
+    status: Status = OK                   # ok | error | partial | canceled
     failovers: int = 0
     attempted: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)

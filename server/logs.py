@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any
 
+from server.status import CANCELED, OK
+
 LOGGER = "cogkit.gateway"
 SECRET_FIELDS = {"authorization", "x-api-key", "api_key", "api-key", "x-goog-api-key", "password", "secret", "key"}
 
@@ -60,7 +62,7 @@ def log_call(logger: logging.Logger, call, log_prompts: bool = False, prompt: An
     }
     if log_prompts:
         fields["prompt"], fields["output"] = prompt, output
-    level = logging.WARNING if call.status not in ("ok", "cancelled") else logging.INFO
+    level = logging.WARNING if call.status not in (OK, CANCELED) else logging.INFO
     logger.log(level, "request", extra={"fields": fields})
 
 

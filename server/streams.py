@@ -21,50 +21,14 @@ from server.config import StreamsConfig, Timeouts
 from server.logs import log_event
 from server.metrics import Metrics
 from server.providers import UpstreamError
+from server.relays import Event, Relay
+from server.router import UpstreamStream
+from server.status import CANCELED, ERROR, OK, PARTIAL, RUNNING, Status
 from server.translate.sse import encode_sse
 
+__all__ = ["Buffer", "Event", "Relay", "Streams"]   # Event, Relay: re-exported for old imports
+
 CANCEL_CHECK_INTERVAL = 1.0            # seconds between checks for DELETEs made on other replicas
-Event = tuple[str | None, Any]          # (SSE event name or None, data dict or str)
-
-
-class Relay:
-    """Turns upstream items into client-format events; counts usage as it goes."""
-    format = "openai"
-
-    def __init__(self) -> None:
-        self.usage: dict | None = None
-        self.chars = 0                  # streamed text, for counting tokens when the upstream sends no usage
-
-    def observe(self, chunk: dict) -> None:
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta")
-            if delta:
-                self.chars += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
-                for call in delta.get("tool_calls") or ():
-                    fn = call.get("function") or {}
-                    self.chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
-            elif choice.get("text"):
-                self.chars += len(choice["text"])
-
-    def start(self) -> list[Event]:
-        """Events before the upstream's first item (none, but for /ai/run's `start`)."""
-        return []
-
-    def tag(self, event: str | None, data: Any, stream_id: str) -> Any:
-        """The stream's first event, carrying its id in a field the format's clients keep: by default
-        a top-level "cogkit_stream_id" in a JSON object (OpenAI SDKs keep unknown fields)."""
-        return {**data, "cogkit_stream_id": stream_id} if isinstance(data, dict) else data
-
-    def events(self, item: Any) -> list[Event]:
-        raise NotImplementedError
-
-    def end(self) -> list[Event]:
-        raise NotImplementedError
-
-    def fail(self, message: str, kind: str) -> list[Event]:
-        raise NotImplementedError
 
 
 class Buffer:
@@ -73,7 +37,7 @@ class Buffer:
         self.events: list[bytes] = []
         self.size = 0
         self.done = False
-        self.status = "running"
+        self.status: Status = RUNNING
         self.flushed = 0                # events already written to the store
         self.created = False            # its row exists in the store
         self.stored_final = False
@@ -138,48 +102,51 @@ class Streams:
             self.log.exception("final stream flush failed")
 
     # ---- producing ----
-    def start(self, tenant_id: str, t: Timeouts, relay: Relay, head: list, rest: AsyncIterator,
-              on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> Buffer:
+    def start(self, tenant_id: str, t: Timeouts, relay: Relay, upstream: UpstreamStream,
+              on_done: Callable[[Status, str | None], Awaitable[None]]) -> Buffer:
         buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
         buf.tag = relay.tag
         self.live[buf.id] = self.pending[buf.id] = buf
-        buf.task = asyncio.create_task(self._pump(buf, relay, head, rest, on_done))
+        buf.task = asyncio.create_task(self._pump(buf, relay, upstream, on_done))
         return buf
 
-    async def _pump(self, buf: Buffer, relay: Relay, head: list, rest: AsyncIterator,
-                    on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> None:
+    async def _pump(self, buf: Buffer, relay: Relay, upstream: UpstreamStream,
+                    on_done: Callable[[Status, str | None], Awaitable[None]]) -> None:
         self.metrics.streams_active.inc()
-        status, error = "ok", None
+        status: Status = OK
+        error: str | None = None
         try:
             self._add(buf, relay.start())
-            for item in head:
+            for item in upstream.head:
                 self._add(buf, relay.events(item))
-            async for item in rest:
+            async for item in upstream.rest():
                 self._add(buf, relay.events(item))
             self._add(buf, relay.end())
         except UpstreamError as e:       # after the first token: never a silent truncation
-            status, error = "partial", e.message
+            status, error = PARTIAL, e.message
             self._add(buf, relay.fail(e.message, e.kind), check=False)
         except _TooBig as e:
-            status, error = "partial", str(e)
+            status, error = PARTIAL, str(e)
             self._add(buf, relay.fail(str(e), "size"), check=False)
         except asyncio.CancelledError:   # the watchdog (a timeout), DELETE, or shutdown
-            status = "partial" if buf.timed_out else "cancelled"
-            error = buf.timed_out or "stream cancelled"
-            self._add(buf, relay.fail(error, "timeout" if buf.timed_out else "cancelled"), check=False)
+            if buf.timed_out:
+                upstream.broke(buf.timed_out)     # the deployment's fault: its health hears of it
+            status = PARTIAL if buf.timed_out else CANCELED
+            error = buf.timed_out or "stream canceled"
+            self._add(buf, relay.fail(error, "timeout" if buf.timed_out else CANCELED), check=False)
         except Exception as e:  # noqa: BLE001 - a bug must still close the client's stream and bill
-            status, error = "error", f"internal error: {type(e).__name__}"
+            status, error = ERROR, f"internal error: {type(e).__name__}"
             self.log.exception("stream pump failed", extra={"fields": {"stream_id": buf.id}})
             self._add(buf, relay.fail("internal gateway error", "internal"), check=False)
         finally:
             try:
-                await rest.aclose()
+                await upstream.aclose()
             except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing a broken upstream
                 pass
             buf.done, buf.status, buf.finished_at = True, status, time.monotonic()
             buf._wake()
             self.metrics.streams_active.dec()
-        await on_done(status, error, relay)
+        await on_done(status, error)
 
     def _add(self, buf: Buffer, events: list[Event], check: bool = True) -> None:
         for event, data in events:
@@ -231,7 +198,7 @@ class Streams:
                 i += len(events)
                 last_new = time.monotonic()
                 yield b"".join(events)
-            if info is None or info.status != "running":   # read after get: nothing can be missing
+            if info is None or info.status != RUNNING:   # read after get: nothing can be missing
                 return
             if time.monotonic() - last_new > max_wait:     # its owner died without finishing it
                 return
@@ -249,7 +216,7 @@ class Streams:
             return False
         # Pumped by another replica: mark it (if still running); that replica sees the mark and
         # stops its upstream.
-        await self._write_call(self.repo.finish, id, "cancelled", True)
+        await self._write_call(self.repo.finish, id, CANCELED, True)
         return True
 
     # ---- background work ----
@@ -270,9 +237,9 @@ class Streams:
                 del self.pending[id]
             return
         try:
-            await self._stop_cancelled_elsewhere()
+            await self._stop_canceled_elsewhere()
         except Exception:  # noqa: BLE001 - checked again next time; the flush goes on
-            self.log.exception("checking for streams cancelled elsewhere failed")
+            self.log.exception("checking for streams canceled elsewhere failed")
         batch = []
         for buf in list(self.pending.values()):
             n = len(buf.events)
@@ -285,7 +252,7 @@ class Streams:
                 if final and buf.stored_final:
                     self.pending.pop(buf.id, None)
 
-    async def _stop_cancelled_elsewhere(self) -> None:
+    async def _stop_canceled_elsewhere(self) -> None:
         """A DELETE that reached another replica marks the stream in the store; the replica
         that pumps it checks its running streams in one query, about once a second."""
         now = time.monotonic()
@@ -294,10 +261,10 @@ class Streams:
         self._cancel_checked = now
         running = [b.id for b in self.pending.values() if b.created and not b.done and b.task]
         loop = asyncio.get_running_loop()
-        for id in await loop.run_in_executor(None, self.repo.cancelled, running) if running else ():
+        for id in await loop.run_in_executor(None, self.repo.canceled, running) if running else ():
             buf = self.live.get(id)
             if buf is not None and buf.task and not buf.done:
-                log_event(self.log, "stream cancelled by another replica", stream_id=id)
+                log_event(self.log, "stream canceled by another replica", stream_id=id)
                 buf.task.cancel()
 
     def _write(self, batch: list[tuple[Buffer, int, int, bool]]) -> None:

@@ -139,11 +139,11 @@ def test_stream_cancel_marks(store: Store) -> None:
     for sid in (running, done, other):
         repo.create(sid, "acme", "openai")
     repo.finish(done, "ok")
-    assert repo.cancelled([running, done, other]) == set()
-    assert repo.finish(running, "cancelled", only_running=True) is True
-    assert repo.finish(done, "cancelled", only_running=True) is False     # an ended stream keeps its status
+    assert repo.canceled([running, done, other]) == set()
+    assert repo.finish(running, "canceled", only_running=True) is True
+    assert repo.finish(done, "canceled", only_running=True) is False     # an ended stream keeps its status
     assert repo.get(done).status == "ok"
-    assert repo.cancelled([running, done, other]) == {running} and repo.cancelled([]) == set()
+    assert repo.canceled([running, done, other]) == {running} and repo.canceled([]) == set()
 
 
 def test_stream_purge(store: Store) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.config import Timeouts
 from server.providers.base import Provider
@@ -34,7 +34,7 @@ class AnthropicProvider(Provider):
         resp = await self.post_json(self.url, body, await self._headers(), t)
         return anthropic_to_openai_response(resp, req.get("model") or model)
 
-    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         body = {**openai_to_anthropic_request(req, model), "stream": True}
         translator = AnthropicToOpenAIStream(req.get("model") or model, "chatcmpl-" + uuid.uuid4().hex[:24])
         async for chunk in self.translated_stream(self.url, body, translator, t):

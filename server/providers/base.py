@@ -1,16 +1,20 @@
 """What every upstream kind shares: one pooled httpx client, error mapping, SSE reading.
 
 Every provider speaks the canonical format (OpenAI chat completions) to the router;
-translation to its own wire format happens inside it, through server.translate.
+translation to its own wire format happens inside it, through server.translate. The interface is
+`Provider`: one named method per operation, each Unsupported unless a kind implements it; the router
+reaches them through `complete(op, ...)` and `stream(op, ...)`, an explicit dispatch (no string
+lookup), so every hop is visible to readers and to the type checker.
 """
 from __future__ import annotations
 
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -51,9 +55,11 @@ class Unsupported(Exception):
 
 
 KeySource = Callable[[], Awaitable[str | None]]
+Op = Literal["chat", "completions", "embeddings", "run"]          # a non-streamed operation
+StreamOp = Literal["chat", "completions", "run"]                  # a streamed one
 
 
-class Provider:
+class Provider(ABC):
     kind = "base"
 
     def __init__(self, cfg: ProviderConfig, timeouts: Timeouts, key_source: KeySource | None = None) -> None:
@@ -77,17 +83,38 @@ class Provider:
             self._key = await self._key_source() or self._key
         return self._key
 
-    # ---- the interface (canonical in, canonical out) ----
+    @abstractmethod
+    async def _headers(self) -> dict[str, str]:
+        """The upstream's auth (and version) headers, key included."""
+
+    # ---- the router's entry points: one explicit dispatch per kind of call ----
+    def complete(self, op: Op, req: dict, model: str, t: Timeouts) -> Awaitable[Any]:
+        if op == "chat":
+            return self.chat(req, model, t)
+        if op == "completions":
+            return self.completions(req, model, t)
+        if op == "embeddings":
+            return self.embeddings(req, model, t)
+        return self.run(req, model, t)
+
+    def stream(self, op: StreamOp, req: dict, model: str, t: Timeouts) -> AsyncGenerator[Any, None]:
+        if op == "chat":
+            return self.chat_stream(req, model, t)
+        if op == "completions":
+            return self.completions_stream(req, model, t)
+        return self.run_stream(req, model, t)
+
+    # ---- the operations (canonical in, canonical out) ----
     async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
         raise Unsupported(f"{self.kind} provider {self.name!r} has no chat completions")
 
-    def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         raise Unsupported(f"{self.kind} provider {self.name!r} has no chat completions")
 
     async def completions(self, req: dict, model: str, t: Timeouts) -> dict:
         raise Unsupported(f"{self.kind} provider {self.name!r} has no text completions")
 
-    def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         raise Unsupported(f"{self.kind} provider {self.name!r} has no text completions")
 
     async def embeddings(self, req: dict, model: str, t: Timeouts) -> dict:
@@ -96,7 +123,7 @@ class Provider:
     async def run(self, inputs: dict, model: str, t: Timeouts) -> dict:
         raise Unsupported(f"{self.kind} provider {self.name!r} runs chat models only")
 
-    def run_stream(self, inputs: dict, model: str, t: Timeouts) -> AsyncIterator[tuple[str, Any]]:
+    def run_stream(self, inputs: dict, model: str, t: Timeouts) -> AsyncGenerator[tuple[str, Any], None]:
         raise Unsupported(f"{self.kind} provider {self.name!r} runs chat models only")
 
     # ---- HTTP helpers ----

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.config import Timeouts
 from server.providers.base import Provider
@@ -26,7 +26,7 @@ class GoogleProvider(Provider):
         resp = await self.post_json(self._url(model, "generateContent"), body, await self._headers(), t)
         return gemini_to_openai_response(resp, req.get("model") or model)
 
-    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         body = openai_to_gemini_request(req, model)
         translator = GeminiToOpenAIStream(req.get("model") or model, "chatcmpl-" + uuid.uuid4().hex[:24])
         url = self._url(model, "streamGenerateContent") + "?alt=sse"

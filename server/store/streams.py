@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select, update
 
+from ..status import CANCELED, RUNNING
 from . import Store
 from .tables import stream_events, streams, utcnow
 
@@ -36,7 +37,7 @@ class StreamRepo:
         now = utcnow()
         with self.store.begin() as conn:
             conn.execute(self.store.insert(streams).values(id=id, tenant_id=tenant_id, format=format, meta=meta or {},
-                                                           status="running", created_at=now, updated_at=now)
+                                                           status=RUNNING, created_at=now, updated_at=now)
                          .on_conflict_do_nothing())
 
     def append(self, id: str, events: list[tuple[int, bytes]]) -> None:
@@ -61,7 +62,7 @@ class StreamRepo:
             if created:
                 conn.execute(self.store.insert(streams).on_conflict_do_nothing(),
                              [{"id": id, "tenant_id": tenant_id, "format": fmt, "meta": meta or {},
-                               "status": "running", "created_at": now, "updated_at": now}
+                               "status": RUNNING, "created_at": now, "updated_at": now}
                               for id, tenant_id, fmt, meta in created])
             self._append(conn, events, now)
             by_status: dict[str, list[str]] = {}
@@ -86,16 +87,16 @@ class StreamRepo:
         now = utcnow()
         query = update(streams).where(streams.c.id == id)
         if only_running:
-            query = query.where(streams.c.status == "running")
+            query = query.where(streams.c.status == RUNNING)
         with self.store.begin() as conn:
             return conn.execute(query.values(status=status, finished_at=now, updated_at=now)).rowcount > 0
 
-    def cancelled(self, ids: list[str]) -> set[str]:
-        """Which of these streams someone marked cancelled (e.g. a DELETE on another replica)."""
+    def canceled(self, ids: list[str]) -> set[str]:
+        """Which of these streams someone marked canceled (e.g. a DELETE on another replica)."""
         if not ids:
             return set()
         with self.store.engine.connect() as conn:
-            rows = conn.execute(select(streams.c.id).where(streams.c.id.in_(ids), streams.c.status == "cancelled"))
+            rows = conn.execute(select(streams.c.id).where(streams.c.id.in_(ids), streams.c.status == CANCELED))
             return {row[0] for row in rows}
 
     def get(self, id: str) -> StreamInfo | None:
