@@ -3,7 +3,6 @@ pass before any upstream is asked; the refusals (401, 429, 402) come back in the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,45 +10,30 @@ from typing import Any
 from fastapi import Request
 
 from server.api.deps import presented_key, require_key
-from server.auth import KeyInfo
+from server.auth import Auth, KeyInfo
 from server.call import Call
 from server.ledger import Ledger, Reservation
 from server.usage import estimate_input
 
 DEFAULT_MAX_OUTPUT = 1024     # output tokens assumed for a credit reservation without max_tokens
 UNLIMITED_TTL = 1.0           # seconds a tenant seen without a credit balance skips the reservation round trip
-KEY_CACHE_MAX = 10_000        # keys remembered; past it the cache starts over (bounded memory)
-KEY_CACHE_TTL_MAX = 5.0       # seconds at most a key is trusted without the store (revocation bound)
 
 Write = Callable[..., Awaitable[Any]]     # runs a function in the gateway's store-writer thread
 
 
 class Admission:
-    def __init__(self, ledger: Ledger, write: Write, key_cache_ttl: float) -> None:
-        self.ledger, self.write = ledger, write
-        self.key_cache_ttl = min(key_cache_ttl, KEY_CACHE_TTL_MAX)
-        self._keys: dict[str, tuple[float, KeyInfo]] = {}     # sha256(key) -> (expires, info)
+    def __init__(self, auth: Auth, ledger: Ledger, write: Write) -> None:
+        self.auth, self.ledger, self.write = auth, ledger, write
         self._unlimited: dict[str, float] = {}               # tenant -> until when it is known unlimited
 
     async def authenticate(self, request: Request) -> KeyInfo:
-        """The caller's key; a hit in this small cache costs no thread hop, a miss asks the store off the loop."""
-        plaintext = presented_key(request) or ""
-        digest = hashlib.sha256(plaintext.encode()).hexdigest()
-        hit = self._keys.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
-            request.state.key = hit[1]
-            return hit[1]
-        info = await asyncio.to_thread(require_key, request)   # raises 401 in the caller's format
-        if len(self._keys) > KEY_CACHE_MAX:
-            self._keys.clear()
-        self._keys[digest] = (time.monotonic() + self.key_cache_ttl, info)
-        return info
-
-    def forget_key(self, key_id: str) -> None:
-        """A revoked (or changed) key stops being trusted here at once."""
-        for digest, (_expires, info) in list(self._keys.items()):
-            if info.id == key_id:
-                del self._keys[digest]
+        """The caller's key. Auth's own cache (the only one: a revocation here clears it at once) costs
+        no thread hop; a miss asks the store off the loop."""
+        info = self.auth.cached(presented_key(request))
+        if info is not None:
+            request.state.key = info
+            return info
+        return await asyncio.to_thread(require_key, request)   # raises 401 in the caller's format
 
     async def admit(self, call: Call, key: KeyInfo, payload: dict) -> None:
         """Rate limit and credit reservation, off the event loop (raise RateLimited / InsufficientCredits)."""

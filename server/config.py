@@ -123,7 +123,9 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    auth_cache_ttl: float = 30.0            # seconds a validated key is trusted without the store
+    # Seconds a validated key is trusted without the store: how long a key revoked on another replica
+    # may still work here (on the replica that revoked it, it stops at once).
+    auth_cache_ttl: float = Field(5.0, ge=0)
     default_tenant: str = "default"
 
     @model_validator(mode="after")

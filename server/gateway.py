@@ -48,7 +48,7 @@ class Gateway:
         # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogkit-store-writer")
         self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log, self.writer)
-        self.admission = Admission(self.ledger, self.write, config.auth_cache_ttl)
+        self.admission = Admission(self.auth, self.ledger, self.write)
         self.billing = Billing(self.ledger, self.metrics, self.log, self.write, config.logging.log_prompts)
         self.serving = Serving(self.catalog, self.router, self.providers, self.streams, self.admission,
                                self.billing, self.metrics, ResponseCache(config.cache) if config.cache.enabled else None)

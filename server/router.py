@@ -96,10 +96,17 @@ class Router:
 
     # ---- calls ----
     async def complete(self, call: Call, op: Op, payload: dict) -> Any:
-        """A non-streamed call (`chat`, `completions`, `embeddings`, `run`) with failover."""
+        """A non-streamed call (`chat`, `completions`, `embeddings`, `run`) with failover. A non-streamed
+        answer's first byte is the answer, so it must come within `ttft` like a stream's first token (else
+        the next deployment is tried); a platform prediction (`run`) is bounded by `total` instead."""
         async def attempt(provider: Provider, target: Target) -> Any:
-            return await provider.complete(op, self._payload(provider, call, payload, target), target.upstream_model,
-                                           provider.timeouts)
+            limit = provider.timeouts.total if op == "run" else provider.timeouts.ttft
+            try:
+                return await asyncio.wait_for(
+                    provider.complete(op, self._payload(provider, call, payload, target), target.upstream_model,
+                                      provider.timeouts), limit)
+            except TimeoutError:
+                raise UpstreamError(f"no answer from {target.provider} within {limit:g}s", None, "timeout") from None
         return await self._failover(call, attempt)
 
     async def open_stream(self, call: Call, op: StreamOp, payload: dict) -> UpstreamStream:

@@ -99,6 +99,16 @@ def test_slow_first_token_fails_over_within_the_ttft_timeout(pair):
     assert _served(raw) == ("backup", "primary,backup")
 
 
+def test_a_slow_non_streamed_answer_fails_over_within_the_ttft_timeout(pair):
+    g = pair(timeouts={"ttft": 0.5})
+    g.primary.set_fault("slow_first_token", delay=3)
+    started = time.monotonic()
+    raw = g.openai(g.admin_key).chat.completions.with_raw_response.create(model="m", messages=MSG)
+    assert time.monotonic() - started < 2.5
+    assert raw.parse().choices[0].message.content == "Echo: tell me something"
+    assert _served(raw) == ("backup", "primary,backup")
+
+
 def test_single_deployment_429_waits_retry_after_once(fakes, gateway):
     fake = fakes("openai")
     g = gateway({"providers": [provider("only", fake)], "routing": {"retry_after_cap": 2},
