@@ -25,6 +25,7 @@ from server.config import CacheConfig, RoutingConfig
 from server.metrics import Metrics
 from server.providers import Provider, UpstreamError
 from server.providers.base import Op, StreamOp
+from server.redact import scrub
 
 __all__ = ["Call", "Health", "ResponseCache", "Router", "UpstreamStream"]   # Call: re-exported for old imports
 
@@ -147,6 +148,7 @@ class Router:
             try:
                 result = await attempt(provider, target)
             except UpstreamError as e:
+                scrub(e, provider.secrets())   # an upstream may quote the key it was given
                 call.upstream_s += time.perf_counter() - t0
                 self.failed(target, e)
                 last = e
@@ -195,6 +197,7 @@ class UpstreamStream:
             async for item in self._items:
                 yield item
         except UpstreamError as e:
+            scrub(e, self.router.providers[self.target.provider].secrets())
             self.broke(e.message)
             raise
 

@@ -68,6 +68,7 @@ class Provider(ABC):
         self._key_source = key_source
         self._key: str | None = cfg.api_key
         self._key_checked = 0.0
+        self._seen_keys: set[str] = set()
         self.pools = Pools(cfg.max_connections, cfg.headers)
 
     async def aclose(self) -> None:
@@ -81,7 +82,14 @@ class Provider(ABC):
         if self._key_source is not None and now - self._key_checked > 60:
             self._key_checked = now
             self._key = await self._key_source() or self._key
+            if self._key:
+                self._seen_keys.add(self._key)
         return self._key
+
+    def secrets(self) -> set[str]:
+        """Every secret value this provider was given (its keys, a rotated one too, and configured
+        header values): what server/redact.py scrubs from an upstream's messages."""
+        return {v for v in (self.cfg.api_key, self._key, *self._seen_keys, *self.cfg.headers.values()) if v}
 
     @abstractmethod
     async def _headers(self) -> dict[str, str]:
