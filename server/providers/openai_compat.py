@@ -2,10 +2,10 @@
 `base_url` includes the version prefix, as in the OpenAI SDK: `https://api.openai.com/v1`."""
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 
 from server.config import Timeouts
+from server.jsonio import loads
 from server.providers.base import Provider, UpstreamError
 
 
@@ -51,7 +51,7 @@ class OpenAICompatProvider(Provider):
                 done = finished = True
                 continue
             try:
-                chunk = json.loads(data)
+                chunk = loads(data)
             except ValueError as e:
                 raise UpstreamError(f"{self.name}: invalid JSON in stream", None, "stream") from e
             if chunk.get("error"):
