@@ -199,8 +199,8 @@ def train(
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
-    port: int = typer.Option(5000, help="Port to listen on"),
-    project: Path = typer.Option(Path("."), "--project", "-p", help="The project directory"),
+    port: int = typer.Option(5000, "--port", "-p", help="Port to listen on"),
+    project: Path = typer.Option(Path("."), "--project", help="The project directory"),
     upload_url: Optional[str] = typer.Option(None, help="PUT file outputs under this URL instead of inlining them"),
     image: Optional[str] = typer.Option(None, "--image", help="Serve this model image instead (in a container)"),
 ) -> None:

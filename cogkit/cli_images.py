@@ -75,12 +75,20 @@ def build(
     separate_weights: bool = typer.Option(False, "--separate-weights",
                                           help="Put weights (large files, weights/) in a layer of their own"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Build every layer afresh"),
+    check: bool = typer.Option(False, "--check", help="Only check cog.yaml and the schema, as a build would"),
     project: Path = PROJECT_OPTION,
 ) -> None:
     """Build the project's model image with the Docker engine (progress on stderr)."""
     from cogkit.build import builder
+    from cogkit.schema import build_openapi
 
-    _cli._config(project)  # a missing or broken cog.yaml is a clear error before the engine is asked
+    config = _cli._config(project)  # a missing or broken cog.yaml is a clear error before the engine is asked
+    if check:
+        with errors():
+            if config.predict or config.train:
+                build_openapi(config.project_dir, config.predict, config.train)
+        note("cog.yaml and the schema check out (nothing built: --check)")
+        return
     client = _connect()
     with errors():
         builder.build(project, tag, separate_weights=separate_weights, no_cache=no_cache, client=client,
