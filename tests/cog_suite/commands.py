@@ -15,7 +15,14 @@ from pathlib import Path
 import httpx
 
 from tests.cog_suite.receivers import UploadReceiver, WebhookReceiver
-from tests.cog_suite.script import REGISTRY, Result, Script, ScriptSkipped, ScriptStopped, free_port
+from tests.cog_suite.script import (
+    REGISTRY,
+    Result,
+    Script,
+    ScriptSkipped,
+    ScriptStopped,
+    free_port,
+)
 from tests.cog_suite.txtar import Line, go_regexp
 
 Handler = Callable[[Script, Line, list[str]], None]
@@ -32,7 +39,7 @@ def _positional_image(args: list[str], image: str) -> bool:
 def _build_quietly(script: Script, line: Line) -> None:
     """Image mode: `cog predict` without an image builds one first, as Cog's does."""
     image = script.env["TEST_IMAGE"]
-    proc = subprocess.run([*COGKIT, "build", "-t", image], cwd=script.here, env=script.env, capture_output=True,
+    proc = subprocess.run(check=False, args=[*COGKIT, "build", "-t", image], cwd=script.here, env=script.env, capture_output=True,
                           timeout=900)
     if proc.returncode != 0:
         script.last = Result(proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))

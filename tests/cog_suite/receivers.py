@@ -44,14 +44,14 @@ class UploadReceiver(_Receiver):
         self.lock = threading.Lock()
 
         class Handler(_Quiet):
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 data = self.body()
                 receiver: UploadReceiver = self.server.receiver  # type: ignore[attr-defined]
                 with receiver.lock:
                     receiver.uploads.append((self.path, self.headers.get("content-type", ""), len(data)))
                 self.reply(200, {"Location": f"{receiver.url}{self.path.lstrip('/').split('?')[0]}"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.reply(405)
 
         super().__init__(Handler)
@@ -67,7 +67,7 @@ class WebhookReceiver(_Receiver):
         self.lock = threading.Lock()
 
         class Handler(_Quiet):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 receiver: WebhookReceiver = self.server.receiver  # type: ignore[attr-defined]
                 try:
                     payload = json.loads(self.body())

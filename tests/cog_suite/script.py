@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.cog_suite.receivers import UploadReceiver, WebhookReceiver
-from tests.cog_suite.txtar import Line, expand, go_regexp, parse_archive, parse_line
+from tests.cog_suite.txtar import Line, expand, parse_archive, parse_line
 
 COMMAND_TIMEOUT = 900  # seconds for one command; an image build on 2 loaded cores is the slowest
 SERVER_READY_TIMEOUT = 120  # as the harness's waitForServer
@@ -161,7 +161,7 @@ class Script:
             stdin = (self.here / self.stdin_file).read_bytes()
             self.stdin_file = None
         try:
-            proc = subprocess.run(argv, cwd=self.here, env=self.env, input=stdin if stdin is not None else b"",
+            proc = subprocess.run(argv, check=False, cwd=self.here, env=self.env, input=stdin if stdin is not None else b"",
                                   capture_output=True, timeout=timeout)
         except FileNotFoundError:
             self.last = Result("", f"{argv[0]}: not found")
@@ -249,10 +249,10 @@ class Script:
                 receiver.close()
         image = self.env.get("TEST_IMAGE")
         if image and self.mode == "image":
-            out = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
+            out = subprocess.run(check=False, args=["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
                                   "--filter", f"reference={image}*"], capture_output=True, text=True)
             for ref in out.stdout.split():
-                subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
+                subprocess.run(check=False, args=["docker", "rmi", "-f", ref], capture_output=True)
 
     def expand_again(self, words: list[str]) -> list[str]:
         """The harness runs os.Expand over cog/curl arguments once more (single quotes included)."""
