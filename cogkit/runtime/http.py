@@ -45,10 +45,14 @@ def create_app(runner: Runner, openapi: dict[str, Any], request_shutdown: Callab
     async def health_check() -> dict[str, Any]:
         status = await runner.check_health()
         setup = runner.setup
-        return {"status": status, "error": runner.error if status != "READY" else None,
-                "setup": {"started_at": setup.started_at, "completed_at": setup.completed_at,
-                          "logs": setup.logs, "status": setup.status},
-                "concurrency": {"max": runner.slots, "current": len(runner.running)}}
+        health: dict[str, Any] = {
+            "status": status, "error": runner.error if status not in ("READY", "BUSY") else None,
+            "setup": {"started_at": setup.started_at, "completed_at": setup.completed_at,
+                      "logs": setup.logs, "status": setup.status},
+            "concurrency": {"max": runner.slots, "current": len(runner.running)}}
+        if status == "UNHEALTHY":  # as Cog: only present when the model's own healthcheck() failed
+            health["user_healthcheck_error"] = runner.error
+        return health
 
     @app.get("/openapi.json")
     async def openapi_document() -> dict[str, Any]:

@@ -242,7 +242,7 @@ class Runner:
             result = await asyncio.wait_for(self._health, timeout)
             ok, error = result["ok"], result.get("error")
         except asyncio.TimeoutError:
-            ok, error = False, f"healthcheck() did not answer within {timeout:g}s"
+            ok, error = False, f"user-defined healthcheck timed out after {timeout:.1f} seconds"
         if self.state in (READY, UNHEALTHY):
             self.state, self.error = (READY, None) if ok else (UNHEALTHY, error)
         return self.health_status()
