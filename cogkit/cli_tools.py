@@ -1,5 +1,6 @@
-"""`cogkit init` and `cogkit exec`: a starter project, and a command run in the
-model's environment (the managed one here, or a model image's)."""
+"""`cogkit init`, `exec` and `doctor`: a starter project, a command run in the
+model's environment (the managed one here, or a model image's), and Cog's
+project checks with their fixes."""
 from __future__ import annotations
 
 import os
@@ -94,7 +95,56 @@ def _exec_in_image(image: str, command: list[str]) -> int:
         fail("the docker command is not installed here")
 
 
+def doctor(
+    fix: bool = typer.Option(False, "--fix", help="Apply the safe fixes"),
+    project: Path = typer.Option(Path("."), "--project", help="The project directory"),
+) -> None:
+    """Check the project for common issues (as Cog's doctor, experimental); --fix migrates deprecated code."""
+    from cogkit import doctor as checks
+
+    note("NOTE: doctor is experimental. Behavior and checks may change in future versions.")
+    note("Running cogkit doctor --fix..." if fix else "Running cogkit doctor...")
+    errors = warnings = fixed = 0
+    group = None
+    for result in checks.run(project, fix):
+        if result.group != group:
+            group = result.group
+            note(group)
+        if result.error:
+            note(f"  \u2717 {result.description}: {result.error}")
+            errors += 1
+        elif not result.findings:
+            note(f"  \u2713 {result.description}")
+            continue
+        elif result.fixed:
+            note(f"  \u2713 Fixed: {result.description}")
+            fixed += len(result.findings)
+        else:
+            worst = checks.ERROR if any(f.severity == checks.ERROR for f in result.findings) else checks.WARNING
+            mark = "\u2717" if worst == checks.ERROR else "!"
+            note(f"  {mark} {result.description}")
+            errors += sum(f.severity == checks.ERROR for f in result.findings)
+            warnings += sum(f.severity == checks.WARNING for f in result.findings)
+        for finding in result.findings:
+            where = f"{finding.file}:{finding.line} \u2014 " if finding.line else (
+                f"{finding.file} \u2014 " if finding.file else "")
+            note(f"    {where}{finding.message}")
+            if fix and not result.fixed:
+                note(f"    Remediation: {finding.remediation}" if finding.remediation else "    (no auto-fix available)")
+    if fixed:
+        note(f"Fixed {fixed} issue{'s' if fixed != 1 else ''}."
+             + (f" {errors} unfixed error{'s' if errors != 1 else ''}." if errors else ""))
+    elif errors or warnings:
+        parts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((errors, "error"), (warnings, "warning")) if n]
+        note(f"Found {', '.join(parts)}.")
+    else:
+        note("Everything looks good: no issues found.")
+    if errors:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
+    app.command("doctor")(doctor)
     app.command("exec", context_settings={"allow_interspersed_args": False,
                                           "ignore_unknown_options": True})(exec_command)

@@ -289,6 +289,8 @@ class Runner:
                 msg = {**msg, "status": "failed", "error": f"could not deliver the output file: {e}"}
         p.status = msg["status"]
         p.error = msg.get("error")
+        if p.status == "failed":
+            p.output = None  # as Cog: a failed prediction has no output, even one that streamed some
         p.completed_at = now_iso()
         p.metrics["predict_time"] = round(time.monotonic() - p.started_monotonic, 6)
         del self.running[p.id]
