@@ -1,10 +1,7 @@
-"""The `cogkit` commands that work with model images: build, debug, run, login,
-push, and the --image paths of predict, train and serve. Like cli.py, they only
-parse arguments and call cogkit.build; every expected failure is one clear
+"""The `cogkit` commands that work with model images: build, debug, login,
+push, and the image paths of run/predict/train and serve. Like cli.py, they
+only parse arguments and call cogkit.build; every expected failure is one clear
 line (or a build step's output), never a traceback.
-
-cli.py calls `register(app, <the cli module>)`: the commands share its Typer
-app and its helpers (fail, note, input parsing and output writing).
 """
 from __future__ import annotations
 
@@ -13,33 +10,22 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-_cli: Any = None  # cogkit.cli (or __main__ under `python -m cogkit.cli`), set by register()
+from cogkit.cli_common import fail, note, project_config
+
 PLATFORM_ENV = "COGKIT_PLATFORM_URL"
 TOKEN_ENV = "COGKIT_PLATFORM_TOKEN"
 PROJECT_OPTION = typer.Option(Path("."), "--project", "-p", help="The project directory")
 
 
-def register(app: typer.Typer, cli: ModuleType) -> None:
-    global _cli
-    _cli = cli
+def register(app: typer.Typer) -> None:
     app.command("build")(build)
     app.command("debug")(debug)
-    app.command("run")(run)
     app.command("login")(login)
     app.command("push")(push)
-
-
-def fail(message: str) -> None:
-    _cli.fail(message)
-
-
-def note(message: str) -> None:
-    _cli.note(message)
 
 
 @contextlib.contextmanager
@@ -70,17 +56,25 @@ def _connect() -> Any:
 # --- build and debug -------------------------------------------------------------
 
 def build(
-    tag: Optional[str] = typer.Option(None, "-t", "--tag",
+    tag: str | None = typer.Option(None, "-t", "--tag",
                                       help="Image name (default: cog.yaml's image, else cog-<directory>)"),
     separate_weights: bool = typer.Option(False, "--separate-weights",
                                           help="Put weights (large files, weights/) in a layer of their own"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Build every layer afresh"),
+    check: bool = typer.Option(False, "--check", help="Only check cog.yaml and the schema, as a build would"),
     project: Path = PROJECT_OPTION,
 ) -> None:
     """Build the project's model image with the Docker engine (progress on stderr)."""
     from cogkit.build import builder
+    from cogkit.schema import build_openapi
 
-    _cli._config(project)  # a missing or broken cog.yaml is a clear error before the engine is asked
+    config = project_config(project)  # a missing or broken cog.yaml is a clear error before the engine is asked
+    if check:
+        with errors():
+            if config.predict or config.train:
+                build_openapi(config.project_dir, config.predict, config.train)
+        note("cog.yaml and the schema check out (nothing built: --check)")
+        return
     client = _connect()
     with errors():
         builder.build(project, tag, separate_weights=separate_weights, no_cache=no_cache, client=client,
@@ -95,7 +89,7 @@ def debug(
     from cogkit.build import dockerfile as df
     from cogkit.schema import build_openapi
 
-    config = _cli._config(project)
+    config = project_config(project)
     with errors():
         openapi = build_openapi(config.project_dir, config.predict, config.train) if (
             config.predict or config.train) else None
@@ -105,69 +99,68 @@ def debug(
 
 # --- running images ------------------------------------------------------------------
 
-def _image_for(client: Any, project: Path, image: Optional[str], use_image: bool) -> str:
+def default_image(project: Path) -> str:
+    """The tag `cogkit build` gives the project's image."""
     from cogkit.build.builder import default_tag
+    return default_tag(project_config(project))
 
-    if image and use_image:
-        fail("give either --image IMAGE or --use-image, not both")
-    if use_image:
-        image = default_tag(_cli._config(project))
-    assert image
+
+def _require_image(client: Any, image: str) -> None:
     import docker.errors
     try:
         client.inspect_image(image)
     except docker.errors.ImageNotFound:
-        hint = "build it first: `cogkit build`" if use_image else f"build it (`cogkit build -t {image}`) or pull it"
-        fail(f"there is no image {image} in the Docker engine; {hint}")
-    return image
+        fail(f"there is no image {image} in the Docker engine; build it (`cogkit build -t {image}`) or pull it")
 
 
-def run_in_image(project: Path, image: Optional[str], use_image: bool, inputs: list[str], output: Optional[Path],
-                 mode: str) -> None:
-    """`cogkit predict/train --image`: start the image, send one request, write outputs like the local path."""
-    from cogkit.build import container, registry
+def image_openapi(image: str, mode: str) -> dict[str, Any]:
+    """The schema a model image carries in its run.cog.openapi_schema label."""
+    from cogkit.build import registry
 
     client = _connect()
-    image = _image_for(client, project, image, use_image)
+    _require_image(client, image)
     with errors():
         openapi, _ = registry.image_metadata(image, client)
     if not openapi:
         fail(f"{image} has no run.cog.openapi_schema label; is it a model image built by cogkit or Cog?")
     if mode == "train" and "TrainingInput" not in openapi.get("components", {}).get("schemas", {}):
         fail(f"{image} has no train entry point")
-    values = _cli._parse_inputs(openapi, inputs, mode)
-    streamed: list[Any] = []
-    concatenate = _cli.is_concatenated(openapi, mode)
-    note(f"Starting {image}")
-    with errors():
-        with container.start(image, client=client) as model:
-            setup_logs = (model.health.get("setup") or {}).get("logs") or ""
-            if setup_logs.strip():
-                note(setup_logs.rstrip())
-            note(f"Running {mode} on {image}")
-            prediction = model.predict(values, mode, timeout=None,
-                                       on_event=_cli.stream_listener(streamed, concatenate))
-    _cli.show_result(mode, prediction.get("status", "failed"), prediction.get("output"), prediction.get("error"),
-                     output, streamed, concatenate)
+    return openapi
+
+
+def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[str, str]) -> dict[str, Any]:
+    """Start the image, send one request, stop it; setup and prediction logs go to stderr."""
+    from cogkit.build import container
+
+    client = _connect()
+    note(f"Starting Docker image {image} and running setup()...")
+    with errors(), container.start(image, env=env, client=client) as model:
+        setup_logs = (model.health.get("setup") or {}).get("logs") or ""
+        if setup_logs.strip():
+            sys.stderr.write(setup_logs)
+        prediction = model.predict(values, mode, timeout=None)
+    if prediction.get("logs"):
+        sys.stderr.write(prediction["logs"])
+    return prediction
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run_foreground(image: str, port: int, host: str = "127.0.0.1") -> None:
+def serve_image(image: str, port: int, host: str = "127.0.0.1", upload_url: str | None = None) -> None:
     """Run the image until Ctrl-C (or SIGTERM), showing its log; then stop the container."""
     from cogkit.build import container
 
     if host != "127.0.0.1":
         fail(f"a model image is served on 127.0.0.1 only (its container shares the host network); not {host}")
     client = _connect()
-    image = _image_for(client, Path("."), image, False)
+    _require_image(client, image)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     note(f"Starting {image} on 127.0.0.1:{port}")
     with errors():
-        model = container.start(image, port=port, client=client)
+        model = container.start(image, port=port, client=client, upload_url=upload_url, wait=False)
     try:
         typer.echo(f"Serving {image} on {model.url} (Ctrl-C stops it)")
         for chunk in client.logs(model.container, stream=True, follow=True):
@@ -182,20 +175,12 @@ def run_foreground(image: str, port: int, host: str = "127.0.0.1") -> None:
         model.stop()
 
 
-def run(
-    image: str = typer.Argument(..., help="The model image"),
-    port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1 for its HTTP API"),
-) -> None:
-    """Run a model image on 127.0.0.1:PORT in the foreground; Ctrl-C stops it."""
-    run_foreground(image, port)
-
-
 # --- registries and the platform ----------------------------------------------------------
 
 def login(
     registry_host: str = typer.Argument(..., metavar="REGISTRY",
                                         help="Registry host, e.g. r.example.com or 127.0.0.1:5050"),
-    username: Optional[str] = typer.Option(None, "--username", "-u", help="Asked for when not given"),
+    username: str | None = typer.Option(None, "--username", "-u", help="Asked for when not given"),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin"),
 ) -> None:
     """Check credentials with a registry and store them (in your home, mode 600) for push."""
@@ -223,9 +208,9 @@ def _namespace_and_model(name: str, host: str) -> tuple[str, str]:
 
 def push(
     ref: str = typer.Argument(..., metavar="REGISTRY/NAMESPACE/MODEL[:TAG]", help="Where to push"),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar=PLATFORM_ENV,
+    platform: str | None = typer.Option(None, "--platform", envvar=PLATFORM_ENV,
                                            help=f"Register the pushed version with this platform (or ${PLATFORM_ENV})"),
-    token: Optional[str] = typer.Option(None, "--token", envvar=TOKEN_ENV,
+    token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV,
                                         help=f"The platform's API token (or ${TOKEN_ENV})"),
     project: Path = PROJECT_OPTION,
 ) -> None:
@@ -247,7 +232,7 @@ def push(
     try:
         client.inspect_image(ref)
     except docker.errors.ImageNotFound:
-        local = builder.default_tag(_cli._config(project))
+        local = builder.default_tag(project_config(project))
         try:
             client.inspect_image(local)
         except docker.errors.ImageNotFound:

@@ -58,11 +58,23 @@ class Config:
     raw: dict = field(default_factory=dict)
 
     def requirements(self) -> list[str]:
-        """python_packages followed by the lines of python_requirements (with -r includes expanded)."""
+        """python_packages, the lines of python_requirements (with -r includes expanded), then
+        what Cog's SDK brings into every model's environment that the project does not pin itself."""
         reqs = list(self.build.python_packages)
         if self.build.python_requirements:
             reqs += _read_requirements(self.project_dir / self.build.python_requirements, set())
-        return reqs
+        pinned = {_requirement_name(r) for r in reqs}
+        return reqs + [r for r in SDK_REQUIREMENTS if _requirement_name(r) not in pinned]
+
+
+# Cog's SDK depends on these, so real projects import them without listing them.
+SDK_REQUIREMENTS = ("requests>=2", "pyyaml>=6", "structlog>=24", "typing_extensions>=4.4")
+
+
+def _requirement_name(line: str) -> str:
+    """The normalized project name of a requirement line ("PyYAML==6.0" -> "pyyaml")."""
+    name = re.split(r"[\s<>=!~;\[@]", line.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def load_config(project_dir: str | os.PathLike = ".") -> Config:

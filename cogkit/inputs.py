@@ -36,11 +36,13 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def validate_input(openapi: dict, payload: object, mode: str = "predict") -> dict:
+def validate_input(openapi: dict, payload: object, mode: str = "predict", ignore_undeclared: bool = False) -> dict:
     """The input with defaults filled in, or InputValidationError listing every bad field.
 
     A missing (None) payload counts as {}: PredictionRequest.input is optional. A Secret
-    input whose default the schema masks ("**********") is left out when not given."""
+    input whose default the schema masks ("**********") is left out when not given.
+    Fields the model does not declare are errors, unless ignore_undeclared (Cog's HTTP
+    API drops them; see undeclared_fields to name them)."""
     schema, _ = input_schema(openapi, mode)
     props: dict[str, dict] = schema.get("properties", {})
     required = set(schema.get("required", []))
@@ -51,7 +53,7 @@ def validate_input(openapi: dict, payload: object, mode: str = "predict") -> dic
                                          "type_error.dict")])
     errors: list[dict] = []
     for name in payload:
-        if name not in props:
+        if name not in props and not ignore_undeclared:
             errors.append(_err([name], "unexpected field", "value_error.extra"))
     out: dict[str, Any] = {}
     for name, prop in sorted(props.items(), key=lambda kv: kv[1].get("x-order", math.inf)):
@@ -72,8 +74,10 @@ def validate_input(openapi: dict, payload: object, mode: str = "predict") -> dic
 def _check(prop: dict, value: Any, loc: list, errors: list[dict]) -> Any:
     """The value (ints made of integral floats), appending an error for anything wrong with it."""
     if value is None:
-        if not prop.get("nullable"):
-            errors.append(_err(loc, "none is not an allowed value", "type_error.none.not_allowed"))
+        # As in Cog: an explicit null is rejected even for an Optional input (omit it to get None);
+        # only an untyped (Any) input takes it.
+        if any(key in prop for key in ("type", "anyOf", "enum")):
+            errors.append(_err(loc, "must not be null (omit the field to leave it unset)", "type_error.none.not_allowed"))
         return None
     typ = prop.get("type")
     n = len(errors)
@@ -101,9 +105,8 @@ def _check(prop: dict, value: Any, loc: list, errors: list[dict]) -> Any:
         else:
             items = prop.get("items") or {}
             value = [_check(items, v, [*loc, i], errors) for i, v in enumerate(value)]
-    elif typ == "object":
-        if not isinstance(value, dict):
-            errors.append(_err(loc, f"expected object, got {_json_type(value)}", "type_error.dict"))
+    elif typ == "object" and not isinstance(value, dict):
+        errors.append(_err(loc, f"expected object, got {_json_type(value)}", "type_error.dict"))
     if len(errors) > n or typ not in ("integer", "number", "string"):
         return value
     if typ in ("integer", "number"):
@@ -117,6 +120,14 @@ def _check(prop: dict, value: Any, loc: list, errors: list[dict]) -> Any:
     if enum is not None and len(errors) == n and value not in enum:
         errors.append(_err(loc, "must be one of " + ", ".join(json.dumps(e) for e in enum), "type_error.enum"))
     return value
+
+
+def undeclared_fields(openapi: dict, payload: object, mode: str = "predict") -> list[str]:
+    """Input fields the model does not declare (Cog's HTTP API ignores them)."""
+    if not isinstance(payload, dict):
+        return []
+    props = input_schema(openapi, mode)[0].get("properties", {})
+    return [name for name in payload if name not in props]
 
 
 def _check_string(prop: dict, value: str, loc: list, errors: list[dict]) -> None:

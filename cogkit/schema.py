@@ -28,7 +28,7 @@ _TYPING_MODULES = {"typing", "typing_extensions", "collections.abc"}
 
 _KINDS = {
     ("cog", "Path"): "Path", ("cog", "File"): "Path", ("cog", "URLPath"): "Path", ("pathlib", "Path"): "Path",
-    ("cog", "Secret"): "Secret", ("cog", "Input"): "Input",
+    ("cog", "Secret"): "Secret", ("cog", "Input"): "Input", ("cog", "streaming"): "streaming",
     ("cog", "BaseModel"): "BaseModel", ("pydantic", "BaseModel"): "BaseModel",
     ("cog", "BasePredictor"): "BasePredictor", ("cog", "BaseRunner"): "BaseRunner",
     ("cog", "ConcatenateIterator"): "ConcatenateIterator", ("cog", "AsyncConcatenateIterator"): "ConcatenateIterator",
@@ -47,7 +47,8 @@ _PRIMITIVES = {
     "bool": {"type": "boolean"}, "Path": {"type": "string", "format": "uri"},
     "Secret": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True},
 }
-_INPUT_ARGS = {"default", "description", "ge", "le", "min_length", "max_length", "regex", "choices", "deprecated"}
+_INPUT_ARGS = {"default", "description", "ge", "le", "min_length", "max_length", "regex", "choices", "deprecated",
+               "accept"}
 
 
 def _group(module: str) -> str:
@@ -185,6 +186,8 @@ class _Module:
             items = self.type_schema(args[0], where, output, False, seen) if args else {}
             return {"type": "array", "items": items}
         if kind == "dict":
+            if len(args) == 2 and self.kind(self._unstring(args[1], where)) != "Any":
+                return {"type": "object", "additionalProperties": self.type_schema(args[1], where, output, False, seen)}
             return {"type": "object"}
         if kind == "Any":
             return {}
@@ -241,7 +244,8 @@ class _Module:
                 prop = {"title": title_case(field),
                         **self.type_schema(stmt.annotation, fwhere, True, False, seen + (name,))}
                 if stmt.value is None:
-                    required.append(field)
+                    if not prop.get("nullable"):  # an Optional field may be left out, as in Cog
+                        required.append(field)
                 else:
                     try:
                         default = self.literal(stmt.value)
@@ -362,6 +366,15 @@ class _Builder:
         raise SchemaError(f"{rel}:{mod.classes[name].lineno}: class '{name}' has no "
                           f"{' or '.join(m + '()' for m in wanted)} method")
 
+    def is_streaming(self, ref: str) -> bool:
+        """Whether the predict entry point carries Cog's `@streaming` decorator."""
+        mod, fn, _, _ = self.entry(ref, "predict")
+        for decorator in fn.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if mod.kind(target) == "streaming":
+                return True
+        return False
+
     def analyze(self, ref: str, mode: str, input_key: str, used: dict) -> tuple[dict, dict, dict]:
         """(input schema, output schema, enum components) of one entry point."""
         mod, fn, qual, is_method = self.entry(ref, mode)
@@ -397,10 +410,13 @@ class _Builder:
                 prop["title"] = title_case(name)
                 prop.update(typ)
             value = field.get("default", _MISSING)
-            if value is None:
-                nullable = True  # `x: str = None` accepts None, as pydantic does
-            elif value is not _MISSING:
-                prop["default"] = value
+            if value is None and typ.get("x-cog-secret"):
+                nullable = True  # `api_key: Secret = Input(default=None)`: an optional credential, as in Cog
+            if value is None and not nullable:
+                # Cog: None on a non-Optional input is no default ("generate one at run time"): required.
+                value = _MISSING
+            if value is not _MISSING:
+                prop["default"] = value  # including `"default": null` for an Optional input
             prop["x-order"] = order
             for key, schema_key in (("description", "description"), ("ge", "minimum"), ("le", "maximum"),
                                     ("min_length", "minLength"), ("max_length", "maxLength"),
@@ -409,6 +425,8 @@ class _Builder:
                     prop[schema_key] = field[key]
             if field.get("deprecated"):
                 prop["deprecated"] = True
+            if field.get("accept") is not None:
+                prop["x-cog-accept"] = field["accept"]  # the MIME types a file input takes
             if nullable:
                 prop["nullable"] = True
             elif value is _MISSING:
@@ -557,11 +575,14 @@ def build_openapi(project_dir: str | Path, predict_ref: str | None, train_ref: s
         if not ref:
             continue
         inputs, output, enums = builder.analyze(ref, mode, in_key, used)
+        streaming = mode == "predict" and builder.is_streaming(ref)
         components[in_key] = inputs
-        components[out_key] = {**output, "title": out_key}
+        components[out_key] = {**output, "title": "Output"}  # Cog titles the training output "Output" too
         components.update(enums)
         components.update(_request_response(prefix, in_key, out_key))
         paths.update(_job_paths(mode == "train"))
+        if streaming:  # `@cog.streaming`: the one mark that lets clients ask for server-sent events
+            paths["/predictions"]["post"]["x-cog-streaming"] = True
     paths["/shutdown"] = _simple("post", "Start Shutdown", "start_shutdown_shutdown_post",
                                  "Response Start Shutdown Shutdown Post")
     return {"openapi": "3.0.2", "info": {"title": "Cog", "version": "0.1.0"}, "paths": paths,

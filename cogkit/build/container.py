@@ -202,7 +202,7 @@ class RunningModel:
 
 def start(image: str, port: int | None = None, env: dict[str, str] | None = None,
           client: docker.APIClient | None = None, *, volumes: dict[str, str] | None = None,
-          wait: bool = True, timeout: float = 300) -> RunningModel:
+          wait: bool = True, timeout: float = 300, upload_url: str | None = None) -> RunningModel:
     """Run `image` with the host network, its server on 127.0.0.1:port (a free one by default);
     returns once /health-check says READY. volumes maps host paths to read-only container paths."""
     client = client or connect()
@@ -221,7 +221,8 @@ def start(image: str, port: int | None = None, env: dict[str, str] | None = None
     host_config = client.create_host_config(network_mode="host", binds=binds or None)
     try:
         container = client.create_container(
-            image, command=command_for((info.get("Config") or {}).get("Cmd"), port),
+            image, command=command_for((info.get("Config") or {}).get("Cmd"), port) + (
+                ["--upload-url", upload_url] if upload_url else []),
             environment={k: str(v) for k, v in (env or {}).items()}, host_config=host_config,
             labels={LABEL: "1"}, volumes=[b["bind"] for b in binds.values()] or None,
         )["Id"]

@@ -11,11 +11,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from cogkit import __version__
-from cogkit.inputs import InputValidationError, secret_fields, validate_input
+from cogkit.inputs import (
+    InputValidationError,
+    secret_fields,
+    undeclared_fields,
+    validate_input,
+)
 from cogkit.runtime.runner import Busy, NotReady, Prediction, Runner
 from cogkit.runtime.webhooks import EVENTS
 
 MODES = {"predictions": "predict", "trainings": "train"}
+# Cog 0.23's answers (406) to an SSE request the entry point cannot serve.
+NOT_STREAMING = ("This model does not support streaming responses. "
+                 "Add @cog.streaming to predict() to enable SSE.")
+TRAINING_NOT_STREAMING = "Training endpoints do not support streaming responses."
 
 
 def _error(status: int, detail: Any) -> JSONResponse:
@@ -45,14 +54,21 @@ def create_app(runner: Runner, openapi: dict[str, Any], request_shutdown: Callab
     async def health_check() -> dict[str, Any]:
         status = await runner.check_health()
         setup = runner.setup
-        return {"status": status, "error": runner.error if status != "READY" else None,
-                "setup": {"started_at": setup.started_at, "completed_at": setup.completed_at,
-                          "logs": setup.logs, "status": setup.status},
-                "concurrency": {"max": runner.slots, "current": len(runner.running)}}
+        health: dict[str, Any] = {
+            "status": status, "error": runner.error if status not in ("READY", "BUSY") else None,
+            "setup": {"started_at": setup.started_at, "completed_at": setup.completed_at,
+                      "logs": setup.logs, "status": setup.status},
+            "concurrency": {"max": runner.slots, "current": len(runner.running)}}
+        if status == "UNHEALTHY":  # as Cog: only present when the model's own healthcheck() failed
+            health["user_healthcheck_error"] = runner.error
+        return health
 
     @app.get("/openapi.json")
-    async def openapi_document() -> dict[str, Any]:
-        return openapi
+    async def openapi_document() -> Response:
+        # As Cog: the schema is served once setup has succeeded (503 while starting or after a failure).
+        if runner.setup.status != "succeeded":
+            return JSONResponse({"error": "OpenAPI schema not available"}, status_code=503)
+        return JSONResponse(openapi)
 
     @app.post("/shutdown")
     async def shutdown() -> dict[str, Any]:
@@ -67,6 +83,8 @@ def create_app(runner: Runner, openapi: dict[str, Any], request_shutdown: Callab
 
 def _add_prediction_routes(app: FastAPI, runner: Runner, openapi: dict[str, Any], surface: str) -> None:
     mode = MODES[surface]
+    streams = mode == "predict" and bool(
+        openapi.get("paths", {}).get("/predictions", {}).get("post", {}).get("x-cog-streaming"))
 
     async def create(request: Request, prediction_id: str | None = None) -> Response:
         try:
@@ -75,6 +93,9 @@ def _add_prediction_routes(app: FastAPI, runner: Runner, openapi: dict[str, Any]
             return _invalid(["body"], "request body must be a JSON object", "json_invalid")
         if not isinstance(body, dict):
             return _invalid(["body"], "request body must be a JSON object", "dict_type")
+        if _wants_events(request) and not streams:  # checked first, as Cog does
+            return JSONResponse({"error": NOT_STREAMING if mode == "predict" else TRAINING_NOT_STREAMING},
+                                status_code=406)
         if prediction_id is not None:
             if body.get("id") not in (None, prediction_id):
                 return _invalid(["body", "id"], f"id in the body ({body['id']!r}) differs from the URL ({prediction_id!r})")
@@ -104,8 +125,10 @@ def _add_prediction_routes(app: FastAPI, runner: Runner, openapi: dict[str, Any]
 
 def _parse_request(body: dict[str, Any], openapi: dict[str, Any], mode: str, prediction_id: str) -> Prediction | JSONResponse:
     errors: list[dict[str, Any]] = []
+    raw_input = body.get("input") or {}
     try:
-        clean_input = validate_input(openapi, body.get("input") or {}, mode)
+        # Cog's HTTP API drops fields the model does not declare (its CLI rejects them).
+        clean_input = validate_input(openapi, raw_input, mode, ignore_undeclared=True)
     except InputValidationError as e:
         errors += e.errors
     events_filter = body.get("webhook_events_filter")
@@ -120,13 +143,19 @@ def _parse_request(body: dict[str, Any], openapi: dict[str, Any], mode: str, pre
         errors.append({"loc": ["body", "context"], "msg": "must be an object", "type": "dict_type"})
     if errors:
         return JSONResponse({"detail": errors}, status_code=422)
-    return Prediction(id=prediction_id, input=clean_input, mode=mode, webhook=body.get("webhook"),
+    ignored = undeclared_fields(openapi, raw_input, mode)
+    logs = f"Ignored input fields the model does not declare: {', '.join(ignored)}\n" if ignored else ""
+    return Prediction(id=prediction_id, input=clean_input, mode=mode, webhook=body.get("webhook"), logs=logs,
                       webhook_events_filter=events_filter, output_file_prefix=body.get("output_file_prefix"),
                       context=context, secret_inputs=secret_fields(openapi, mode))
 
 
+def _wants_events(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
 async def _respond(request: Request, prediction: Prediction, runner: Runner) -> Response:
-    if "text/event-stream" in request.headers.get("accept", ""):
+    if _wants_events(request):
         return StreamingResponse(_event_stream(prediction), media_type="text/event-stream")
     if request.headers.get("prefer") == "respond-async":
         return JSONResponse(prediction.response(), status_code=202)

@@ -242,7 +242,7 @@ class Runner:
             result = await asyncio.wait_for(self._health, timeout)
             ok, error = result["ok"], result.get("error")
         except asyncio.TimeoutError:
-            ok, error = False, f"healthcheck() did not answer within {timeout:g}s"
+            ok, error = False, f"user-defined healthcheck timed out after {timeout:.1f} seconds"
         if self.state in (READY, UNHEALTHY):
             self.state, self.error = (READY, None) if ok else (UNHEALTHY, error)
         return self.health_status()
@@ -289,6 +289,8 @@ class Runner:
                 msg = {**msg, "status": "failed", "error": f"could not deliver the output file: {e}"}
         p.status = msg["status"]
         p.error = msg.get("error")
+        if p.status == "failed":
+            p.output = None  # as Cog: a failed prediction has no output, even one that streamed some
         p.completed_at = now_iso()
         p.metrics["predict_time"] = round(time.monotonic() - p.started_monotonic, 6)
         del self.running[p.id]

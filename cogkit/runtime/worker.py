@@ -200,9 +200,10 @@ class Worker:
             ok = True if check is None else check()
             if inspect.isawaitable(ok):
                 ok = asyncio.run(ok) if self.loop is None else asyncio.run_coroutine_threadsafe(ok, self.loop).result(10)
-            self.events.send(m.HEALTH, ok=bool(ok), error=None if ok else "healthcheck() returned False")
+            self.events.send(m.HEALTH, ok=bool(ok), error=None if ok else "user-defined healthcheck returned False")
         except Exception as e:  # noqa: BLE001 - reported as UNHEALTHY
-            self.events.send(m.HEALTH, ok=False, error=f"healthcheck() raised {type(e).__name__}: {e}")
+            self.events.send(m.HEALTH, ok=False,
+                             error=f"user-defined healthcheck raised an exception: {type(e).__name__}: {e}")
 
     # one prediction
     def _start(self, msg: dict[str, Any]) -> tuple[Any, dict[str, Any], contextvars.Token[Scope]]:
@@ -223,7 +224,11 @@ class Worker:
 
     def _fail(self, pid: str, exc: BaseException) -> None:
         sys.stderr.write(traceback.format_exc())
-        self.events.send(m.DONE, id=pid, status="failed", error=f"{exc}" or type(exc).__name__)
+        if isinstance(exc, SystemExit):  # as Cog: the prediction fails, the worker lives on
+            error = f"SystemExit: predict called sys.exit({exc.code!r})"
+        else:
+            error = f"{exc}" or type(exc).__name__
+        self.events.send(m.DONE, id=pid, status="failed", error=error)
 
     def predict_sync(self, msg: dict[str, Any]) -> None:
         pid = msg["id"]
@@ -242,7 +247,7 @@ class Worker:
                 self._done(pid, output=encode_output(result))
         except CancelationException:
             self.events.send(m.DONE, id=pid, status="canceled")
-        except Exception as e:  # noqa: BLE001 - a failed prediction, not a failed worker
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a failed prediction, not a failed worker
             self._fail(pid, e)
         finally:
             self._running = None
@@ -273,7 +278,7 @@ class Worker:
                 self._done(pid, output=encode_output(result))
         except (asyncio.CancelledError, CancelationException):
             self.events.send(m.DONE, id=pid, status="canceled")
-        except Exception as e:  # noqa: BLE001
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - sys.exit() in predict fails only that prediction
             self._fail(pid, e)
         finally:
             if token is not None:

@@ -1,0 +1,38 @@
+"""Why a suite test cannot run here, by name or by what it needs. Kept short:
+each reason names what this machine (2 CPU cores, no GPU, no internet beyond
+package registries) lacks."""
+from __future__ import annotations
+
+import re
+
+# Tests that need what this machine lacks, whatever the mode.
+_CUDA_WHEELS = "installs CUDA builds of torch/tensorflow (GBs of CUDA wheels) and checks them on a GPU; no GPU here"
+NEEDS: dict[str, str] = {
+    "ffmpeg_package": _CUDA_WHEELS,
+    "tensorflow": _CUDA_WHEELS,
+    "torch_270_cuda_126": _CUDA_WHEELS,
+    "torch_271_cuda_128": _CUDA_WHEELS,
+    "torch_baseimage_fallback": _CUDA_WHEELS,
+    "torch_baseimage_no_cog_base": _CUDA_WHEELS,
+    "torch_baseimage_precompile": _CUDA_WHEELS,
+    "torch_cuda_baseimage": _CUDA_WHEELS,
+}
+_GPU = re.compile(r"^\s*gpu:\s*true", re.MULTILINE)
+
+# Tests that are about the built image itself (its labels, layers, a registry
+# push): in local mode there is no image to look at.
+_IMAGE_ONLY = re.compile(r"^\s*(!\s+)?(exec docker |exec python3 \S*check|docker-run|docker-push|registry-inspect)",
+                         re.MULTILINE)
+
+
+def skip_reason(name: str, text: str, mode: str) -> str | None:
+    if name in NEEDS:
+        return NEEDS[name]
+    script = text.split("\n-- ", 1)[0]
+    if mode == "local" and _IMAGE_ONLY.search(script):
+        return "inspects the built image (docker inspect/run/push): runs in image mode only"
+    if mode == "local" and "Image built as" in script:
+        return "checks what `cog build` says about the image it built: runs in image mode only"
+    if mode == "image" and _GPU.search(text):
+        return "gpu: true builds on a CUDA base image (nvidia/cuda), which this offline engine does not have"
+    return None
