@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 
@@ -131,6 +132,36 @@ class StreamRepo:
                 conn.execute(delete(stream_events).where(stream_events.c.stream_id.in_(chunk)))
                 conn.execute(delete(streams).where(streams.c.id.in_(chunk)))
         return len(ids)
+
+    # ---- crash recovery (server/recovery.py) ----
+    def touch(self, ids: list[str]) -> None:
+        """A heartbeat: the process pumping these running streams is alive."""
+        now = utcnow()
+        with self.store.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(update(streams).where(streams.c.id.in_(chunk), streams.c.status == RUNNING)
+                             .values(updated_at=now))
+
+    def orphaned(self, lease_s: float, limit: int = 100) -> list[StreamInfo]:
+        """Running streams untouched for lease_s seconds: the process pumping them is gone."""
+        cutoff = utcnow() - timedelta(seconds=lease_s)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(streams).where(streams.c.status == RUNNING, streams.c.updated_at < cutoff)
+                                .order_by(streams.c.updated_at).limit(limit)).mappings().all()
+        return [StreamInfo(id=row["id"], tenant_id=row["tenant_id"], format=row["format"], status=row["status"],
+                           meta=row["meta"] or {}, created_at=row["created_at"], updated_at=row["updated_at"])
+                for row in rows]
+
+    def settle(self, id: str, events: list[tuple[int, bytes]], status: str, meta: dict[str, Any]) -> bool:
+        """End an orphaned stream in one transaction, if it is still running: its closing events (after
+        what survived), its final status and meta. False: someone else settled (or it ended) first."""
+        now = utcnow()
+        with self.store.begin(immediate=True) as conn:
+            ended = conn.execute(update(streams).where(streams.c.id == id, streams.c.status == RUNNING)
+                                 .values(status=status, meta=meta, finished_at=now, updated_at=now)).rowcount > 0
+            if ended:
+                self._append(conn, [(id, i, data) for i, data in events], now)
+        return bool(ended)
 
 
 def _chunks(ids: list[str], size: int = 500):
