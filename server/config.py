@@ -86,6 +86,9 @@ class StreamsConfig(_Strict):
     flush_interval: float = 0.1             # seconds between batched writes to the store
     poll_interval: float = 0.1              # how often a replica without the stream looks for new events
     memory_retention: float = 30.0          # seconds a finished stream stays in memory (then: the store)
+    # Seconds a running stream's row may go without a heartbeat before its process is taken for dead and
+    # the stream is settled by another gateway on the store (server/recovery.py); heartbeats every lease/3.
+    lease: float = Field(10.0, gt=0)
 
 
 class LimitsConfig(_Strict):

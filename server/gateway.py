@@ -21,6 +21,7 @@ from server.ledger import Ledger
 from server.logs import setup_logging
 from server.metrics import Metrics
 from server.providers import Provider, make_provider
+from server.recovery import Recovery
 from server.router import ResponseCache, Router
 from server.serving import Serving
 from server.store import Store
@@ -48,6 +49,7 @@ class Gateway:
         # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogkit-store-writer")
         self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log, self.writer)
+        self.recovery = Recovery(self.streams.repo, self.ledger, config.streams, self.write, self.log)
         self.admission = Admission(self.auth, self.ledger, self.write)
         self.billing = Billing(self.ledger, self.metrics, self.log, self.write, config.logging.log_prompts)
         self.serving = Serving(self.catalog, self.router, self.providers, self.streams, self.admission,
@@ -73,9 +75,11 @@ class Gateway:
 
     async def startup(self) -> None:
         self.streams.start_background()
+        self.recovery.start()                  # settles what a dead process left on this store, then watches
         self.billing.start()
 
     async def shutdown(self) -> None:
+        await self.recovery.close()
         await self.streams.close()             # ends every stream, which queues its bill
         await self.billing.close()
         self.writer.shutdown(wait=True)

@@ -21,6 +21,7 @@ from server.catalog import Catalog, UnknownModel
 from server.metrics import Metrics
 from server.providers import Provider, Unsupported, UpstreamError
 from server.providers.base import Op, StreamOp
+from server.recovery import stream_meta
 from server.relays import Relay
 from server.router import ResponseCache, Router
 from server.status import CANCELED, ERROR, OK, Status
@@ -121,8 +122,10 @@ class Serving:
             self.billing.finish(call, key, status, error)
 
         buf = self.streams.start(call.tenant_id, self.providers[upstream.target.provider].timeouts, relay,
-                                 upstream, on_done)
+                                 upstream, on_done, stream_meta(call))
         call.stream_id = buf.id
+        if call.reservation is not None and call.reservation.micros:
+            await self.streams.persist(buf)    # credit is held: settleable after a crash from the first byte
         return StreamingResponse(self.streams.follow(buf), media_type="text/event-stream",
                                  headers={**self.headers(call), "cache-control": "no-cache"})
 

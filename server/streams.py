@@ -48,6 +48,7 @@ class Buffer:
         self.timed_out: str | None = None
         self.task: asyncio.Task | None = None
         self.tag: Callable[[str | None, Any, str], Any] | None = None   # the relay's: marks the first event
+        self.meta: dict[str, Any] = {}  # stored with the row: what settling it after a crash needs (recovery.py)
         self._changed = asyncio.get_running_loop().create_future()
 
     def append(self, event: str | None, data: Any) -> None:
@@ -80,6 +81,7 @@ class Streams:
         self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
         self._tasks: list[asyncio.Task] = []
         self._cancel_checked = 0.0
+        self._heartbeat = 0.0
 
     # ---- lifecycle ----
     def start_background(self) -> None:
@@ -103,9 +105,11 @@ class Streams:
 
     # ---- producing ----
     def start(self, tenant_id: str, t: Timeouts, relay: Relay, upstream: UpstreamStream,
-              on_done: Callable[[Status, str | None], Awaitable[None]]) -> Buffer:
+              on_done: Callable[[Status, str | None], Awaitable[None]],
+              meta: dict[str, Any] | None = None) -> Buffer:
         buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
         buf.tag = relay.tag
+        buf.meta = meta or {}
         self.live[buf.id] = self.pending[buf.id] = buf
         buf.task = asyncio.create_task(self._pump(buf, relay, upstream, on_done))
         return buf
@@ -147,6 +151,13 @@ class Streams:
             buf._wake()
             self.metrics.streams_active.dec()
         await on_done(status, error)
+
+    async def persist(self, buf: Buffer) -> None:
+        """Write the stream's row (and its events so far) now rather than at the next flush: a stream
+        holding credit must be in the store before its client sees a byte, so that a crash of this
+        process can be settled (server/recovery.py)."""
+        if self.repo is not None and not buf.created:
+            await self._write_call(self._write, [(buf, buf.flushed, len(buf.events), False)])
 
     def _add(self, buf: Buffer, events: list[Event], check: bool = True) -> None:
         for event, data in events:
@@ -199,6 +210,11 @@ class Streams:
                 last_new = time.monotonic()
                 yield b"".join(events)
             if info is None or info.status != RUNNING:   # read after get: nothing can be missing
+                survived = (info.meta or {}).get("survived") if info is not None else None
+                if isinstance(survived, int) and start > survived and i == start:
+                    # Settled after a crash, and this client had more than survived: it gets the
+                    # in-band ending, which says how many events survived (server/recovery.py).
+                    yield b"".join(await asyncio.to_thread(self.repo.read, id, survived))
                 return
             if time.monotonic() - last_new > max_wait:     # its owner died without finishing it
                 return
@@ -251,6 +267,18 @@ class Streams:
             for buf, _start, _end, final in batch:
                 if final and buf.stored_final:
                     self.pending.pop(buf.id, None)
+        await self._beat({buf.id for buf, _s, _e, _f in batch})
+
+    async def _beat(self, just_written: set[str]) -> None:
+        """The heartbeat of this process's running streams (every lease / 3): a row left untouched for
+        `lease` is taken for a dead process's, and settled by another gateway (server/recovery.py)."""
+        now = time.monotonic()
+        if now - self._heartbeat < self.cfg.lease / 3:
+            return
+        self._heartbeat = now
+        running = [b.id for b in self.pending.values() if b.created and not b.done and b.id not in just_written]
+        if running:
+            await self._write_call(self.repo.touch, running)
 
     async def _stop_canceled_elsewhere(self) -> None:
         """A DELETE that reached another replica marks the stream in the store; the replica
@@ -270,7 +298,7 @@ class Streams:
     def _write(self, batch: list[tuple[Buffer, int, int, bool]]) -> None:
         """Runs in the writer thread: every stream with something new, in one transaction
         (a failed one is done again next pass: the writes are idempotent)."""
-        self.repo.save_many([(b.id, b.tenant_id, b.format, {}) for b, _s, _e, _f in batch if not b.created],
+        self.repo.save_many([(b.id, b.tenant_id, b.format, b.meta) for b, _s, _e, _f in batch if not b.created],
                             [(b.id, i, b.events[i]) for b, start, end, _f in batch for i in range(start, end)],
                             [(b.id, b.status) for b, _s, _e, final in batch if final])
         for buf, _start, end, final in batch:

@@ -97,6 +97,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             data {blob} NOT NULL,
             PRIMARY KEY (stream_id, idx))""",
     ]),
+    # Stream events in chunks (one row per flush per stream, not one per event); one spelling of
+    # the canceled status.
+    (2, [
+        """CREATE TABLE stream_chunks (
+            stream_id TEXT NOT NULL,
+            first_idx INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            sizes TEXT NOT NULL,
+            data {blob} NOT NULL,
+            PRIMARY KEY (stream_id, first_idx))""",
+        """INSERT INTO stream_chunks (stream_id, first_idx, count, sizes, data)
+            SELECT stream_id, idx, 1, CAST(LENGTH(data) AS TEXT), data FROM stream_events""",
+        "DROP TABLE stream_events",
+        "UPDATE streams SET status = 'canceled' WHERE status = 'cancelled'",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]
