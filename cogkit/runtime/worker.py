@@ -112,8 +112,7 @@ def coerce(annotation: Any, value: Any) -> Any:
         return Path(local)
     if annotation is Secret:
         return Secret(value)
-    if annotation is float and isinstance(value, int):
-        return float(value)
+    # A float input sent as a JSON integer reaches the model as that int, as in Cog 0.23.
     return value
 
 
