@@ -33,6 +33,8 @@ def input_schema(info: Any, adt: Any, declared: set[str], accepts: dict[str, str
         else:
             prop["title"] = name.replace("_", " ").title()
             prop.update(ft.json_type())
+            if "anyOf" in prop and ft.repetition is adt.Repetition.OPTIONAL:  # the generator marks each variant
+                prop["anyOf"] = [{**variant, "nullable": True} for variant in prop["anyOf"]]
         nullable = ft.repetition in (adt.Repetition.OPTIONAL, adt.Repetition.OPTIONAL_REPEATED)
         if ft.primitive is adt.PrimitiveType.SECRET and ft.repetition is adt.Repetition.REQUIRED \
                 and field.default is None and name in declared:
