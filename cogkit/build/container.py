@@ -180,7 +180,13 @@ class RunningModel:
                 data = json.loads("\n".join(data_lines))
                 if event == "completed":
                     return data
-                on_event(event, data)
+                # Cog's payloads, handed on as ("output", item) and ("logs", text)
+                if event == "output" and isinstance(data, dict):
+                    on_event("output", data.get("chunk"))
+                elif event == "log" and isinstance(data, dict):
+                    on_event("logs", data.get("data", ""))
+                elif event != "start":
+                    on_event(event, data)
                 event, data_lines = "message", []
         raise ContainerError(f"the {mode} event stream ended before the prediction completed")
 
@@ -221,7 +227,10 @@ def start(image: str, port: int | None = None, env: dict[str, str] | None = None
     elif not _port_is_free(port):
         raise ContainerError(f"port {port} on 127.0.0.1 is already in use; choose another one (--port)")
     binds = {host: {"bind": inner, "mode": "ro"} for host, inner in (volumes or {}).items()}
-    host_config = client.create_host_config(network_mode="host", binds=binds or None)
+    # host.docker.internal names this host inside the container, as `cog serve` arranges it
+    # (with the host network, that is 127.0.0.1).
+    host_config = client.create_host_config(network_mode="host", binds=binds or None,
+                                            extra_hosts={"host.docker.internal": "127.0.0.1"})
     try:
         container = client.create_container(
             image, command=command_for((info.get("Config") or {}).get("Cmd"), port) + (
