@@ -42,15 +42,18 @@ def _options(mode: str, warn_deprecated: bool = False):  # type: ignore[no-untyp
         image_option: str | None = typer.Option(None, "--image", help="Same as the IMAGE argument"),
         use_image: bool = typer.Option(False, "--use-image", help="Run in the image `cogkit build` made here"),
     ) -> None:
-        if warn_deprecated:
+        if warn_deprecated and mode == "predict":
             warn('"cog predict" is deprecated, use "cog run" (cogkit run)')
+        elif warn_deprecated:  # Cog's wording (cobra's deprecation line); cogkit keeps the command working
+            warn('Command "train" is deprecated, the train command will be removed in a future version of Cog')
         _predict_command(mode, image, inputs, json_input, output, project, env, image_option, use_image)
     return command
 
 
 app.command("run", help="Run a prediction: in the project's managed environment, or in IMAGE.")(_options("predict"))
 app.command("predict", help="The old name of `run` (Cog's): run a prediction.")(_options("predict", True))
-app.command("train", help="Run training (cog.yaml's train: entry point), locally or in IMAGE.")(_options("train"))
+app.command("train", help="Run training (cog.yaml's train: entry point), locally or in IMAGE.")(
+    _options("train", True))
 
 
 @app.command()

@@ -25,8 +25,20 @@ def warn(message: str) -> None:
     typer.secho(f"Warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
+def find_project(project: Path) -> Path:
+    """The project directory: `project`, or (left at the default ".") the nearest
+    directory upwards that has a cog.yaml, as Cog finds it from a subdirectory."""
+    if project != Path(".") or (project / "cog.yaml").is_file():
+        return project
+    here = Path.cwd()
+    for directory in (here, *here.parents):
+        if (directory / "cog.yaml").is_file():
+            return directory
+    return project
+
+
 def project_config(project: Path) -> Config:
     try:
-        return load_config(project)
+        return load_config(find_project(project))
     except ConfigError as e:
         fail(str(e))

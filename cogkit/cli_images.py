@@ -34,6 +34,7 @@ def errors() -> Iterator[None]:
     import docker.errors
 
     from cogkit.build.builder import BuildError
+    from cogkit.build.checks import BuildCheckError
     from cogkit.build.cuda import CudaError
     from cogkit.build.registry import RegistryError
     from cogkit.config import ConfigError
@@ -41,7 +42,7 @@ def errors() -> Iterator[None]:
 
     try:
         yield
-    except (BuildError, RegistryError, ConfigError, SchemaError, CudaError) as e:
+    except (BuildError, BuildCheckError, RegistryError, ConfigError, SchemaError, CudaError) as e:
         fail(str(e))
     except docker.errors.APIError as e:  # the engine refused something we did not foresee
         fail(f"the Docker engine said: {getattr(e, 'explanation', None) or e}")
@@ -57,28 +58,44 @@ def _connect() -> Any:
 
 def build(
     tag: str | None = typer.Option(None, "-t", "--tag",
-                                      help="Image name (default: cog.yaml's image, else cog-<directory>)"),
+                                   help="Image name (default: cog.yaml's image, else cog-<directory>)"),
     separate_weights: bool = typer.Option(False, "--separate-weights",
                                           help="Put weights (large files, weights/) in a layer of their own"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Build every layer afresh"),
+    secrets: list[str] = typer.Option([], "--secret", help="A secret for build.run mounts: id=NAME,src=FILE "
+                                                           "or id=NAME,env=VAR (repeatable)"),
+    debug_output: bool = typer.Option(False, "--debug", help="Show the generated Dockerfile and every build step"),
     check: bool = typer.Option(False, "--check", help="Only check cog.yaml and the schema, as a build would"),
     project: Path = PROJECT_OPTION,
 ) -> None:
     """Build the project's model image with the Docker engine (progress on stderr)."""
-    from cogkit.build import builder
+    from cogkit.build import builder, checks
+    from cogkit.build import dockerfile as df
     from cogkit.schema import build_openapi
 
     config = project_config(project)  # a missing or broken cog.yaml is a clear error before the engine is asked
+    for warning in config.warnings:
+        note(f"Warning: {warning}")
+    with errors():
+        checks.check_config(config)
+        openapi = build_openapi(config.project_dir, config.predict, config.train)
+        checks.check_schema(openapi)
+        parsed_secrets = [checks.parse_secret(flag) for flag in secrets]
+        checks.check_secrets(config, parsed_secrets, Path.cwd())
+    if debug_output:
+        files = df.select_files(config.project_dir, separate_weights)
+        note(df.generate(config, openapi, has_weights=bool(files.weights)))
     if check:
-        with errors():
-            if config.predict or config.train:
-                build_openapi(config.project_dir, config.predict, config.train)
         note("cog.yaml and the schema check out (nothing built: --check)")
         return
+    if any(config.build.run_mounts):
+        fail("build.run mounts secrets (RUN --mount=type=secret), which need BuildKit; this Docker engine "
+             "offers only the classic builder, so the image cannot be built here")
     client = _connect()
     with errors():
-        builder.build(project, tag, separate_weights=separate_weights, no_cache=no_cache, client=client,
-                      progress=builder.stderr_progress)
+        result = builder.build(config.project_dir, tag, separate_weights=separate_weights, no_cache=no_cache,
+                               client=client, progress=builder.stderr_progress, openapi=openapi)
+    note(f"Image built as {result.image}")
 
 
 def debug(
@@ -129,50 +146,92 @@ def image_openapi(image: str, mode: str) -> dict[str, Any]:
 
 
 def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[str, str]) -> dict[str, Any]:
-    """Start the image, send one request, stop it; setup and prediction logs go to stderr."""
+    """Start the image, send one request, stop it; setup and prediction logs go to stderr.
+    Ctrl-C (or SIGTERM) at any moment stops it too: no container is left, exit code 130."""
     from cogkit.build import container
 
-    client = _connect()
-    note(f"Starting Docker image {image} and running setup()...")
-    with errors(), container.start(image, env=env, client=client) as model:
-        setup_logs = (model.health.get("setup") or {}).get("logs") or ""
-        if setup_logs.strip():
-            sys.stderr.write(setup_logs)
-        prediction = model.predict(values, mode, timeout=None)
+    _stop_signals_interrupt()
+    try:
+        client = _connect()
+        note(f"Starting Docker image {image} and running setup()...")
+        with _one_container(client) as name, errors():
+            model = container.start(image, env=env, client=client, name=name)
+            setup_logs = (model.health.get("setup") or {}).get("logs") or ""
+            if setup_logs.strip():
+                sys.stderr.write(setup_logs)
+            prediction = model.predict(values, mode, timeout=None)
+    except KeyboardInterrupt:
+        fail(f"interrupted; the container of {image} is stopped and removed", code=130)
     if prediction.get("logs"):
         sys.stderr.write(prediction["logs"])
     return prediction
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_signals_interrupt() -> None:
+    """Ctrl-C and SIGTERM both raise KeyboardInterrupt, even when started with SIGINT ignored (`cmd &`)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def _one_container(client: Any) -> Iterator[str]:
+    """A name for the container the command is about to start, and its removal when the
+    command ends, however it ends. The name is chosen first, so an interrupt that lands
+    between the engine creating the container and us learning its id still finds it;
+    once removal begins, further Ctrl-Cs are ignored so they cannot cut it short."""
+    import uuid
+
+    from cogkit.build import container
+
+    name = f"cogkit-{uuid.uuid4().hex[:16]}"
+    try:
+        yield name
+    finally:
+        while True:
+            try:  # an interrupt already on its way may land before the handlers are swapped
+                for stop_signal in STOP_SIGNALS:
+                    signal.signal(stop_signal, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:
+                continue
+        container.remove(client, name)
+
+
 def serve_image(image: str, port: int, host: str = "127.0.0.1", upload_url: str | None = None) -> None:
-    """Run the image until Ctrl-C (or SIGTERM), showing its log; then stop the container."""
+    """Run the image until Ctrl-C (or SIGTERM), showing its log; then stop the container.
+    Whenever the interrupt lands (before the container exists, while it starts, while it
+    serves, or again while it stops) the command ends cleanly (exit 0) and leaves no container."""
     from cogkit.build import container
 
     if host != "127.0.0.1":
         fail(f"a model image is served on 127.0.0.1 only (its container shares the host network); not {host}")
-    client = _connect()
-    _require_image(client, image)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    note(f"Starting {image} on 127.0.0.1:{port}")
-    with errors():
-        model = container.start(image, port=port, client=client, upload_url=upload_url, wait=False)
+    _stop_signals_interrupt()
     try:
-        typer.echo(f"Serving {image} on {model.url} (Ctrl-C stops it)")
-        for chunk in client.logs(model.container, stream=True, follow=True):
-            sys.stderr.write(chunk.decode(errors="replace"))
-            sys.stderr.flush()
-        state = model.state()
-        fail(f"the container of {image} exited (code {state.get('ExitCode')})")
+        client = _connect()
+        _require_image(client, image)
+        note(f"Starting {image} on 127.0.0.1:{port}")
+        with _one_container(client) as name:
+            try:
+                with errors():
+                    model = container.start(image, port=port, client=client, upload_url=upload_url, wait=False,
+                                            name=name)
+                typer.echo(f"Serving {image} on {model.url} (Ctrl-C stops it)")
+                for chunk in client.logs(model.container, stream=True, follow=True):
+                    sys.stderr.write(chunk.decode(errors="replace"))
+                    sys.stderr.flush()
+                state = model.state()
+                fail(f"the container of {image} exited (code {state.get('ExitCode')})")
+            except KeyboardInterrupt:
+                note(f"Stopping {image}")
     except KeyboardInterrupt:
-        note(f"Stopping {image}")
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        model.stop()
+        pass  # before the container existed, or while the note was printed: nothing is left either way
 
 
 # --- registries and the platform ----------------------------------------------------------

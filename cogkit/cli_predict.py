@@ -117,32 +117,43 @@ def parse_inputs(openapi: dict[str, Any], pairs: list[str], json_input: str | No
     check_names(openapi, list(grouped), mode)
     props, _ = _input_props(openapi, mode)
     raw: dict[str, Any] = {}
+    def typed(name: str, value: str) -> Any:
+        if value.startswith("@"):
+            return file_to_data_uri(value[1:])
+        try:
+            return parse_cli_value(openapi, name, value, mode)
+        except InputValidationError:
+            return value  # as Cog: kept as the string it is, and validation says what was expected
+
     try:
         for name, values in grouped.items():
             is_list = props[name].get("type") == "array"
-            parsed = [file_to_data_uri(v[1:]) if v.startswith("@") else parse_cli_value(openapi, name, v, mode)
-                      for v in values]
+            parsed = [typed(name, v) for v in values]
             if is_list:
                 # each value is one item (a file, or a value parsed as a one-item list or a JSON list)
                 items: list[Any] = []
                 for value, item in zip(values, parsed):
-                    items.extend([item] if value.startswith("@") else item)
+                    items.extend(item if isinstance(item, list) and not value.startswith("@") else [item])
                 raw[name] = items
             else:
                 if len(parsed) > 1:
                     fail(f'input "{name}" was given {len(parsed)} times but takes one value')
                 raw[name] = parsed[0]
     except InputValidationError as e:
-        fail(_validation_message(e))
+        fail(_validation_message(e, openapi, mode))
     return raw
 
 
-def _validation_message(e: Any) -> str:
+def _validation_message(e: Any, openapi: dict[str, Any] | None = None, mode: str = "predict") -> str:
+    props = _input_props(openapi, mode)[0] if openapi else {}
     messages = []
     for err in e.errors:
         loc = ".".join(str(p) for p in err.get("loc", []) if p not in ("body", "input"))
         if err.get("type") == "value_error.missing":
             messages.append(f'missing required input "{loc}"')
+        elif err.get("type") == "type_error.enum" and loc in props and props[loc].get("enum"):
+            messages.append(f'invalid input "{loc}": must be one of: '
+                            + ", ".join(str(v) for v in props[loc]["enum"]))
         else:
             messages.append(f'invalid input "{loc}": {err.get("msg")}' if loc else str(err.get("msg")))
     return messages[0] if len(messages) == 1 else "input validation failed:\n- " + "\n- ".join(messages)
@@ -154,7 +165,7 @@ def validate(openapi: dict[str, Any], raw: dict[str, Any], mode: str) -> dict[st
     try:
         return validate_input(openapi, raw, mode)
     except InputValidationError as e:
-        fail(_validation_message(e))
+        fail(_validation_message(e, openapi, mode))
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -289,7 +300,8 @@ def _write_text(text: str, path: str) -> None:
 def show(prediction: dict[str, Any], openapi: dict[str, Any], request: Request) -> None:
     schema = _output_schema(openapi, request.mode)
     needs_json = request.json_input is not None
-    destination = _destination(request.output, "output.json" if needs_json else "output")
+    fallback = "output.json" if needs_json else ("weights" if request.mode == "train" else "output")
+    destination = _destination(request.output, fallback)
     status = prediction.get("status")
     output = prediction.get("output")
     if status == "succeeded" and output is not None:
@@ -318,7 +330,7 @@ def show(prediction: dict[str, Any], openapi: dict[str, Any], request: Request) 
         return
     text = output if schema.get("type") == "string" and isinstance(output, str) else json.dumps(
         output, indent=2, ensure_ascii=False)
-    if request.output:
+    if request.output or request.mode == "train":  # Cog writes a training's output to ./weights
         _write_text(text, destination)
     else:
         typer.echo(text)

@@ -79,6 +79,15 @@ def _check(prop: dict, value: Any, loc: list, errors: list[dict]) -> Any:
         if any(key in prop for key in ("type", "anyOf", "enum")):
             errors.append(_err(loc, "must not be null (omit the field to leave it unset)", "type_error.none.not_allowed"))
         return None
+    if isinstance(prop.get("anyOf"), list):  # a union input (`str | float`): the first variant that fits
+        for variant in prop["anyOf"]:
+            attempt: list[dict] = []
+            checked = _check(variant, value, loc, attempt)
+            if not attempt:
+                return checked
+        kinds = ", ".join(str(v.get("type", "any")) for v in prop["anyOf"] if isinstance(v, dict))
+        errors.append(_err(loc, f"expected one of: {kinds}; got {_json_type(value)}", "type_error.union"))
+        return value
     typ = prop.get("type")
     n = len(errors)
     if typ == "string":

@@ -53,7 +53,7 @@ def reference_venv() -> Path:
                  [str(building / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                   f"cog=={COG_VERSION}"]]
         for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True)
+            done = subprocess.run(step, check=False, capture_output=True, text=True)
             if done.returncode != 0:
                 raise ReferenceUnavailable(f"{' '.join(step)} failed:\n{done.stdout}{done.stderr}")
         # We only ever run `bin/python -m ...`, which finds pyvenv.cfg beside it: renaming is safe.
@@ -153,7 +153,7 @@ def reference_schema(project: Path, ref: str) -> dict[str, Any]:
     """Cog's own view of the project's Input and Output (tests/cog_reference_schema.py)."""
     venv = reference_venv()
     done = subprocess.run([str(venv / "bin" / "python"), str(REPO / "tests" / "cog_reference_schema.py"),
-                           str(project), ref], capture_output=True, text=True, timeout=120)
+                           str(project), ref], check=False, capture_output=True, text=True, timeout=120)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         return {"error": (done.stderr or done.stdout).strip()[-500:]}

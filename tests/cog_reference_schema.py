@@ -22,7 +22,7 @@ import warnings
 from typing import Any
 
 
-def input_schema(info: Any, adt: Any, declared: set[str]) -> dict[str, Any]:
+def input_schema(info: Any, adt: Any, declared: set[str], accepts: dict[str, str]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, field in info.inputs.items():
@@ -33,6 +33,8 @@ def input_schema(info: Any, adt: Any, declared: set[str]) -> dict[str, Any]:
         else:
             prop["title"] = name.replace("_", " ").title()
             prop.update(ft.json_type())
+            if "anyOf" in prop and ft.repetition is adt.Repetition.OPTIONAL:  # the generator marks each variant
+                prop["anyOf"] = [{**variant, "nullable": True} for variant in prop["anyOf"]]
         nullable = ft.repetition in (adt.Repetition.OPTIONAL, adt.Repetition.OPTIONAL_REPEATED)
         if ft.primitive is adt.PrimitiveType.SECRET and ft.repetition is adt.Repetition.REQUIRED \
                 and field.default is None and name in declared:
@@ -52,6 +54,8 @@ def input_schema(info: Any, adt: Any, declared: set[str]) -> dict[str, Any]:
                 prop[key] = value
         if field.deprecated:
             prop["deprecated"] = True
+        if name in accepts:  # Input(accept=...): the SDK keeps it out of InputField, the generator writes it
+            prop["x-cog-accept"] = accepts[name]
         properties[name] = prop
     schema: dict[str, Any] = {"title": "Input", "type": "object", "properties": properties}
     if required:
@@ -74,16 +78,17 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - reported to the test, which compares it
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return
-    declared = _declared_defaults(sys.modules[module_name], attr)
+    declared, accepts = _declared_defaults(sys.modules[module_name], attr)
     try:
         output = info.output.json_type()
     except Exception as e:  # noqa: BLE001
         output = {"error": f"{type(e).__name__}: {e}"}
-    print(json.dumps({"Input": input_schema(info, adt, declared), "Output": output}, default=str))
+    print(json.dumps({"Input": input_schema(info, adt, declared, accepts), "Output": output}, default=str))
 
 
-def _declared_defaults(module: Any, attr: str) -> set[str]:
-    """Inputs whose parameter has a default: a bare one, or Input(default=...).
+def _declared_defaults(module: Any, attr: str) -> tuple[set[str], dict[str, str]]:
+    """Inputs whose parameter has a default: a bare one, or Input(default=...); and
+    each Input(accept="...") given.
     Read from the source, as Cog's generator does: at run time `Input()` and
     `Input(default=None)` are the same object."""
     import ast
@@ -97,19 +102,23 @@ def _declared_defaults(module: Any, attr: str) -> set[str]:
         tree = ast.parse(inspect.getsource(fn).strip() if not inspect.isclass(obj) else
                          _dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError):
-        return set(inspect.signature(fn).parameters)
+        return set(inspect.signature(fn).parameters), {}
     node = next(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
     args = [*node.args.posonlyargs, *node.args.args]
     pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
     pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
     names = set()
+    accepts = {}
     for arg, default in pairs:
         if isinstance(default, ast.Call) and getattr(default.func, "id", getattr(default.func, "attr", "")) == "Input":
             if default.args or any(k.arg == "default" for k in default.keywords):
                 names.add(arg.arg)
+            for k in default.keywords:
+                if k.arg == "accept" and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str):
+                    accepts[arg.arg] = k.value.value
         else:
             names.add(arg.arg)
-    return names
+    return names, accepts
 
 
 def _dedent(source: str) -> str:

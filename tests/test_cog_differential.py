@@ -33,6 +33,7 @@ def _allowed(check: str) -> str | None:
 
 
 def run_case(case: diff.Case, root: Path) -> list[tuple[str, Any, Any]]:
+    from cogkit.build.checks import BuildCheckError, check_schema
     from cogkit.schema import SchemaError, build_openapi
 
     project = case.write(root)
@@ -41,10 +42,14 @@ def run_case(case: diff.Case, root: Path) -> list[tuple[str, Any, Any]]:
                   for mode, entry in (("predict", case.predict), ("train", case.train)) if entry}
     try:
         ours = build_openapi(project, case.predict, case.train)
+        check_schema(ours)  # what `cogkit build` rejects, as `cog build` does
+        rejected = False
     except SchemaError as e:
-        ours = {"error": str(e)}
+        ours, rejected = {"error": str(e)}, True
+    except BuildCheckError:
+        rejected = True
     for mode, reference in references.items():
-        checks += diff.compare_schemas(case.name, reference, ours, mode)
+        checks += diff.compare_schemas(case.name, reference, ours, mode, rejected)
     if "error" not in ours:  # a real `cog build` hands Cog's server the schema it made
         (project / ".cog").mkdir(exist_ok=True)
         (project / ".cog" / "openapi_schema.json").write_text(json.dumps(ours))
@@ -57,6 +62,8 @@ def run_case(case: diff.Case, root: Path) -> list[tuple[str, Any, Any]]:
             list(pool.map(ref.wait_settled, [ours_server, *cog_servers.values()]))
         main = cog_servers.get("predict") or cog_servers["train"]
         checks.append((f"{case.name} setup", _settled(main.health), _settled(ours_server.health)))
+        if _settled(main.health) != _settled(ours_server.health):
+            checks.append((f"{case.name} setup logs", main.log()[-600:], ours_server.log()[-600:]))
         calls = list(case.calls) + diff.probes(case, references.get("predict", {}))
         props = {mode: r.get("Input", {}).get("properties", {}) for mode, r in references.items()}
         with httpx.Client(timeout=60) as client:

@@ -206,3 +206,18 @@ def test_parse_cli_errors(doc):
         with pytest.raises(InputValidationError, match=msg) as e:
             parse_cli_value(doc, name, raw)
         assert e.value.errors[0]["loc"] == ["body", "input", name]
+
+
+def test_union_inputs_take_the_first_variant_that_fits(tmp_path):
+    (tmp_path / "predict.py").write_text(textwrap.dedent("""
+        from cog import BasePredictor
+        class Predictor(BasePredictor):
+            def predict(self, nums: list[int] | list[float], value: str | float) -> str: ...
+    """))
+    doc = build_openapi(tmp_path, "predict.py:Predictor")
+    assert validate_input(doc, {"nums": [1], "value": 2.5}) == {"nums": [1], "value": 2.5}
+    assert validate_input(doc, {"nums": [1.5], "value": "x"})["nums"] == [1.5]
+    assert validate_input(doc, {"nums": [], "value": "x"})["nums"] == []
+    for bad in (["3"], [True], 1):
+        errs = errors(doc, {"nums": bad, "value": "x"})
+        assert errs[("nums",)]["type"] == "type_error.union", bad

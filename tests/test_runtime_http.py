@@ -125,8 +125,10 @@ def test_streaming_output_over_sse(serve_project):
                               headers={"accept": "text/event-stream"}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
+    # Cog's events and payloads: start first, each output as {chunk, index}, then completed.
+    assert events[0][0] == "start" and events[0][1]["status"] == "processing"
     outputs = [d for e, d in events if e == "output"]
-    assert outputs == ["one", " two", " three"]
+    assert outputs == [{"chunk": "one", "index": 0}, {"chunk": " two", "index": 1}, {"chunk": " three", "index": 2}]
     kind, final = events[-1]
     assert kind == "completed" and final["status"] == "succeeded"
     assert final["output"] == ["one", " two", " three"]

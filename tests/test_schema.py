@@ -363,9 +363,40 @@ def test_unsupported_type_error(tmp_path):
     msg = error(tmp_path, """
         from typing import Union
         class Predictor(BasePredictor):
-            def predict(self, x: Union[int, str]) -> str: ...
+            def predict(self) -> Union[int, str]: ...
     """)
-    assert "'x'" in msg and "Optional" in msg
+    assert "return type" in msg and "Optional" in msg  # an input may be a union (Cog's anyOf), an output not
+
+
+def test_unions_typeddicts_and_opaque_as_cogs_generator_writes_them(tmp_path):
+    body = """
+        from typing import Annotated, NotRequired, TypedDict, Union
+        from cog import Opaque
+        class Payload(TypedDict):
+            name: str
+        class Result(TypedDict):
+            name: str
+            count: NotRequired[int]
+        class Predictor(BasePredictor):
+            def predict(self, value: str | float, maybe: Union[int, str, None] = None, data: Payload = None,
+                        items: list[Payload] | None = None, blob: Annotated[object, Opaque] = None,
+                        blobs: Annotated[List[object], Opaque] = None, note: Annotated[str, "doc"] = "x") -> Result: ...
+    """
+    doc = build_openapi(project(tmp_path, body), "predict.py:Predictor")
+    schema = doc["components"]["schemas"]["Input"]
+    props = schema["properties"]
+    assert props["value"]["anyOf"] == [{"type": "string"}, {"type": "number"}] and "nullable" not in props["value"]
+    assert props["maybe"]["anyOf"] == [{"type": "integer", "nullable": True}, {"type": "string", "nullable": True}]
+    assert props["maybe"]["nullable"] is True and props["maybe"]["default"] is None
+    assert props["data"]["type"] == "object" and "properties" not in props["data"]
+    assert props["items"]["items"] == {"type": "object"} and props["items"]["nullable"] is True
+    assert props["blob"]["type"] == "object" and props["blobs"] == {
+        "title": "Blobs", "type": "array", "items": {"type": "object"}, "x-order": 5}
+    assert props["note"]["type"] == "string" and props["note"]["default"] == "x"
+    assert schema["required"] == ["value", "data", "blob", "blobs"]
+    out = doc["components"]["schemas"]["Output"]
+    assert out["properties"]["count"] == {"type": "integer", "title": "Count"}
+    assert out["required"] == ["name"]
 
 
 def test_missing_annotations_are_errors(tmp_path):

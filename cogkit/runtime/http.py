@@ -158,27 +158,40 @@ async def _respond(request: Request, prediction: Prediction, runner: Runner) -> 
     if _wants_events(request):
         return StreamingResponse(_event_stream(prediction), media_type="text/event-stream")
     if request.headers.get("prefer") == "respond-async":
-        return JSONResponse(prediction.response(), status_code=202)
+        body = prediction.response()
+        if not prediction.done.is_set():
+            body["status"] = "starting"  # as Cog: accepted, not yet reported by the model
+        return JSONResponse(body, status_code=202)
     await prediction.done.wait()
     return JSONResponse(prediction.response())
 
 
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
 async def _event_stream(prediction: Prediction) -> AsyncIterator[bytes]:
-    """Server-sent events: each output item and log chunk as it is produced,
-    then the completed prediction. Items produced before the client subscribed
-    are replayed first, so nothing is missed."""
+    """Cog's server-sent events: start, output {chunk, index}, log, metric, completed.
+    A late subscriber first gets the events kept so far (COG_STREAM_HISTORY_CAPACITY of
+    them); when some were already dropped it gets an error event instead, as Cog."""
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    if isinstance(prediction.output, list) and prediction.streamed:
-        for item in prediction.output:
-            queue.put_nowait(("output", item))
+    if prediction.sse_skipped:
+        yield _sse("error", {"error": "SSE stream replay truncated; events were dropped",
+                             "skipped": prediction.sse_skipped})
+        return
+    for past in prediction.sse_history:
+        queue.put_nowait(past)
     if prediction.done.is_set():
-        queue.put_nowait(("completed", prediction.response()))
+        if not any(name == "completed" for name, _ in prediction.sse_history):
+            queue.put_nowait(("completed", prediction.response()))
     else:
-        prediction.listeners.append(lambda event, data: queue.put_nowait((event, data)))
-    while True:
-        event, data = await queue.get()
-        if event == "start":
-            continue
-        yield f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-        if event == "completed":
-            return
+        prediction.sse_listeners.append(queue.put_nowait)
+    try:
+        while True:
+            event, data = await queue.get()
+            yield _sse(event, data)
+            if event == "completed":
+                return
+    finally:
+        if queue.put_nowait in prediction.sse_listeners:
+            prediction.sse_listeners.remove(queue.put_nowait)

@@ -33,6 +33,15 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
+def _int_setting(env: dict[str, str], name: str, default: int) -> int:
+    """A non-negative integer from cog.yaml's environment or ours (the model's settings reach both)."""
+    raw = env.get(name, os.environ.get(name))
+    try:
+        return max(0, int(raw)) if raw is not None else default
+    except ValueError:
+        return default
+
+
 class Busy(Exception):
     """Every slot is taken (HTTP 409)."""
 
@@ -64,6 +73,11 @@ class Prediction:
     started_monotonic: float = 0.0
     streamed: bool = False
     workdir: str | None = None
+    sse_capacity: int = 1024
+    sse_history: list[tuple[str, Any]] = field(default_factory=list)
+    sse_skipped: int = 0
+    sse_outputs: int = 0
+    sse_listeners: list[Callable[[tuple[str, Any]], None]] = field(default_factory=list)
 
     def response(self) -> dict[str, Any]:
         return {
@@ -79,6 +93,31 @@ class Prediction:
     def emit(self, event: str, data: Any = None) -> None:
         for listener in list(self.listeners):
             listener(event, data)
+        sse = self._sse_event(event, data)
+        if sse is None:
+            return
+        if self.sse_capacity > 0:  # kept for late subscribers, as Cog's COG_STREAM_HISTORY_CAPACITY
+            if len(self.sse_history) >= self.sse_capacity:
+                self.sse_history.pop(0)
+                self.sse_skipped += 1
+            self.sse_history.append(sse)
+        for sse_listener in list(self.sse_listeners):
+            sse_listener(sse)
+
+    def _sse_event(self, event: str, data: Any) -> tuple[str, Any] | None:
+        """A prediction event as Cog's server-sent event (name, payload)."""
+        if event == "start":
+            return "start", {"id": self.id, "status": self.status}
+        if event == "output":
+            self.sse_outputs += 1
+            return "output", {"chunk": data, "index": self.sse_outputs - 1}
+        if event == "logs":
+            return "log", {"source": "stdout", "data": data}
+        if event == "metric":
+            return "metric", data
+        if event == "completed":
+            return "completed", data
+        return None
 
 
 @dataclass
@@ -101,6 +140,7 @@ class Runner:
         self.max_concurrency = concurrency
         self.upload_url = upload_url
         self.env = env or {}
+        self.stream_history_capacity = _int_setting(self.env, "COG_STREAM_HISTORY_CAPACITY", 1024)
         self.setup = SetupResult()
         self.state = STARTING
         self.error: str | None = None
@@ -132,6 +172,25 @@ class Runner:
         os.close(write_fd)
         self._spawn(self._pump_events(os.fdopen(read_fd, "rb", buffering=0)))
         self._spawn(self._pump_stdout())
+        setup_timeout = _int_setting(self.env, "COG_SETUP_TIMEOUT", 0)
+        if setup_timeout:
+            self._spawn(self._limit_setup(setup_timeout))
+
+    async def _limit_setup(self, seconds: int) -> None:
+        """COG_SETUP_TIMEOUT, as Cog: setup that runs longer fails, and the worker is stopped."""
+        try:
+            await asyncio.wait_for(self._setup_done.wait(), seconds)
+        except asyncio.TimeoutError:
+            self.setup.completed_at = now_iso()
+            self.setup.status = "failed"
+            self.state, self.error = SETUP_FAILED, f"setup timed out after {seconds} seconds (COG_SETUP_TIMEOUT)"
+            self.setup.logs += f"{self.error}\n"
+            self._setup_done.set()
+            if self._proc and self._proc.returncode is None:
+                try:
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -163,12 +222,14 @@ class Runner:
         kind = msg["type"]
         if kind == m.LOG:
             self._log(msg.get("id"), msg["text"])
-        elif kind == m.SETUP_DONE:
+        elif kind == m.SETUP_DONE and not self._setup_done.is_set():  # not after a setup timeout
             self.setup.completed_at = now_iso()
             self.setup.status = "succeeded" if msg["ok"] else "failed"
             if msg["ok"]:
                 # A synchronous predictor runs one prediction at a time, as in Cog.
-                self.slots = self.max_concurrency if msg.get("is_async") else 1
+                wanted = msg.get("concurrent_max") or self.max_concurrency
+                self.max_concurrency = wanted
+                self.slots = wanted if msg.get("is_async") else 1
                 if self.slots < self.max_concurrency:
                     self.setup.logs += (f"concurrency.max is {self.max_concurrency}, but predict() is synchronous: "
                                         "running one prediction at a time (make it async to run several)\n")
@@ -187,6 +248,7 @@ class Runner:
             p = self.running.get(msg["id"])
             if p:
                 merge_metric(p.metrics, msg["name"], msg["value"], msg["mode"])
+                p.emit("metric", {"name": msg["name"], "value": msg["value"], "mode": msg["mode"]})
         elif kind == m.DONE:
             await self._finish(msg)
         elif kind == m.HEALTH and self._health and not self._health.done():
@@ -260,6 +322,7 @@ class Runner:
             sender = WebhookSender(webhook_client or self._http, prediction.webhook,
                                    prediction.webhook_events_filter, prediction.response)
             prediction.listeners.append(lambda event, _data: sender.notify(event))
+        prediction.sse_capacity = self.stream_history_capacity
         self.predictions[prediction.id] = prediction
         self.running[prediction.id] = prediction
         prediction.workdir = tempfile.mkdtemp(dir=self._workdir)

@@ -112,8 +112,7 @@ def coerce(annotation: Any, value: Any) -> Any:
         return Path(local)
     if annotation is Secret:
         return Secret(value)
-    if annotation is float and isinstance(value, int):
-        return float(value)
+    # A float input sent as a JSON integer reaches the model as that int, as in Cog 0.23.
     return value
 
 
@@ -362,7 +361,10 @@ def main() -> None:
         sys.stderr.write(traceback.format_exc())
         events.send(m.SETUP_DONE, ok=False, error=f"{type(e).__name__}: {e}", is_async=False)
         sys.exit(1)
-    events.send(m.SETUP_DONE, ok=True, error=None, is_async=worker.is_async)
+    # @cog.concurrent(max=N) on the entry point: Cog 0.23's way to ask for several slots.
+    concurrent_max = max((getattr(getattr(f, "__func__", f), "__cog_concurrent_max__", 0)
+                          for f in worker.entries.values()), default=0)
+    events.send(m.SETUP_DONE, ok=True, error=None, is_async=worker.is_async, concurrent_max=concurrent_max)
     if worker.is_async:
         assert worker.loop is not None
         worker.loop.run_until_complete(worker.serve_async(control))

@@ -163,7 +163,7 @@ def server_stop(script: Script, line: Line, args: list[str]) -> None:
 
 
 def webhook_server_start(script: Script, line: Line, args: list[str]) -> None:
-    script.webhooks = WebhookReceiver()
+    script.webhooks = WebhookReceiver(script.host_seen_by_model)
     script.env["WEBHOOK_URL"] = script.webhooks.url
 
 
@@ -179,7 +179,7 @@ def webhook_server_wait(script: Script, line: Line, args: list[str]) -> None:
 
 
 def upload_server_start(script: Script, line: Line, args: list[str]) -> None:
-    script.uploads = UploadReceiver()
+    script.uploads = UploadReceiver(script.host_seen_by_model)
     script.env["UPLOAD_SERVER_URL"] = script.uploads.url
 
 
@@ -260,7 +260,8 @@ def _match(script: Script, line: Line, text: str, args: list[str], label: str) -
     count, args = _count_flag(args)
     if args and args[0] == "-q":
         args = args[1:]
-    pattern = go_regexp(args[0])
+    # A model run locally reaches this host as 127.0.0.1, not as the container's host.docker.internal.
+    pattern = go_regexp(args[0] if script.mode == "image" else args[0].replace("host.docker.internal", "127.0.0.1"))
     found = pattern.findall(text)
     if count is not None:
         if len(found) != count:

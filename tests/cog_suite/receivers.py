@@ -1,6 +1,7 @@
 """The harness's mock upload server and webhook receiver: real HTTP servers on
-this machine. Model containers share the host network, so 127.0.0.1 reaches
-them in both modes (the harness's host.docker.internal is for bridged containers)."""
+this machine, advertised as the harness advertises them: at host.docker.internal,
+which a model container resolves to this host (`cogkit serve --image` adds it,
+as `cog serve` does). A model run locally sees this host as 127.0.0.1."""
 from __future__ import annotations
 
 import http.server
@@ -39,7 +40,7 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 class UploadReceiver(_Receiver):
     """Accepts PUTs, records (path, content type, size), answers with a Location header."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str) -> None:
         self.uploads: list[tuple[str, str, int]] = []
         self.lock = threading.Lock()
 
@@ -55,13 +56,13 @@ class UploadReceiver(_Receiver):
                 self.reply(405)
 
         super().__init__(Handler)
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.url = f"http://{host}:{self.port}/"
 
 
 class WebhookReceiver(_Receiver):
     """Records the first terminal prediction webhook as the harness's summary."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str) -> None:
         self.result: dict[str, Any] | None = None
         self.done = threading.Event()
         self.lock = threading.Lock()
@@ -78,7 +79,7 @@ class WebhookReceiver(_Receiver):
                 receiver.record(payload)
 
         super().__init__(Handler)
-        self.url = f"http://127.0.0.1:{self.port}/webhook"
+        self.url = f"http://{host}:{self.port}/webhook"
 
     def record(self, payload: dict[str, Any]) -> None:
         if payload.get("status") not in ("succeeded", "failed", "canceled"):

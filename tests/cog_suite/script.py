@@ -84,6 +84,10 @@ class Script:
     transcript: list[str] = field(default_factory=list)
 
     @property
+    def host_seen_by_model(self) -> str:
+        return "host.docker.internal" if self.mode == "image" else "127.0.0.1"
+
+    @property
     def here(self) -> Path:
         return self.cwd or self.work
 

@@ -7,6 +7,8 @@ import re
 
 # Tests that need what this machine lacks, whatever the mode.
 _CUDA_WHEELS = "installs CUDA builds of torch/tensorflow (GBs of CUDA wheels) and checks them on a GPU; no GPU here"
+_COG_BASE = ("builds on Cog's own cog-base images (--use-cog-base-image, pulled from r8.im/ghcr.io): "
+             "no internet registry here")
 NEEDS: dict[str, str] = {
     "ffmpeg_package": _CUDA_WHEELS,
     "tensorflow": _CUDA_WHEELS,
@@ -16,6 +18,9 @@ NEEDS: dict[str, str] = {
     "torch_baseimage_no_cog_base": _CUDA_WHEELS,
     "torch_baseimage_precompile": _CUDA_WHEELS,
     "torch_cuda_baseimage": _CUDA_WHEELS,
+    "build_base_image_sha": _COG_BASE,
+    "build_python313_base_image": _COG_BASE,
+    "build_cog_version_match": _COG_BASE,
 }
 _GPU = re.compile(r"^\s*gpu:\s*true", re.MULTILINE)
 
