@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from server.api import admin, anthropic, openai, run, spend, streams
+from server.api import admin, anthropic, gemini, openai, responses, run, spend, streams
 from server.api.deps import install_error_handlers
 from server.catalog import UnknownModel
 from server.config import GatewayConfig
@@ -30,7 +30,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="cogkit gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
     install_error_handlers(app)
-    for module in (openai, anthropic, run, streams, spend, admin):
+    for module in (openai, responses, anthropic, gemini, run, streams, spend, admin):
         app.include_router(module.router)
 
     @app.exception_handler(UnknownModel)

@@ -15,7 +15,10 @@ from server.logs import log_call
 from server.metrics import Metrics
 from server.status import Status
 
-BILLING_INTERVAL = 0.02       # seconds finished requests wait to be billed together
+# Seconds finished requests wait to be billed together. Each pass is one store transaction (and a
+# thread hop); measured under streaming load, going from 20 to 100 ms cut the gateway's CPU per
+# request by about a tenth, and a usage row showing up 0.1 s after the response is still prompt.
+BILLING_INTERVAL = 0.1
 
 Bill = tuple[Reservation | None, KeyInfo, int, UsageRecord]   # (reservation, key, output tokens, usage row)
 

@@ -17,6 +17,7 @@ from server.auth import Auth
 from server.billing import Billing
 from server.catalog import Catalog
 from server.config import GatewayConfig
+from server.conversations import Conversations
 from server.ledger import Ledger
 from server.logs import setup_logging
 from server.metrics import Metrics
@@ -25,6 +26,7 @@ from server.recovery import Recovery
 from server.router import ResponseCache, Router
 from server.serving import Serving
 from server.store import Store
+from server.store.conversations import ConversationRepo
 from server.store.streams import StreamRepo
 from server.streams import Streams
 
@@ -49,6 +51,7 @@ class Gateway:
         # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogkit-store-writer")
         self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log, self.writer)
+        self.conversations = Conversations(ConversationRepo(self.store), self.write)
         self.recovery = Recovery(self.streams.repo, self.ledger, config.streams, self.write, self.log)
         self.admission = Admission(self.auth, self.ledger, self.write)
         self.billing = Billing(self.ledger, self.metrics, self.log, self.write, config.logging.log_prompts)
@@ -80,6 +83,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         await self.recovery.close()
+        await self.conversations.close()
         await self.streams.close()             # ends every stream, which queues its bill
         await self.billing.close()
         self.writer.shutdown(wait=True)

@@ -50,6 +50,9 @@ def setup_logging(level: str = "INFO") -> logging.Logger:
 
 def log_call(logger: logging.Logger, call, log_prompts: bool = False, prompt: Any = None, output: Any = None) -> None:
     """One line per request: who, what model, who served, tokens, cost, timings, outcome."""
+    level = logging.WARNING if call.status not in (OK, CANCELED) else logging.INFO
+    if not logger.isEnabledFor(level):
+        return                 # the hot path at WARNING: no fields built for a line nobody writes
     fields = {
         "event": "request", "request_id": call.request_id, "endpoint": call.endpoint, "model": call.model,
         "tenant": call.tenant_id, "key_id": call.key_id, "provider": call.target.provider if call.target else None,
@@ -62,7 +65,6 @@ def log_call(logger: logging.Logger, call, log_prompts: bool = False, prompt: An
     }
     if log_prompts:
         fields["prompt"], fields["output"] = prompt, output
-    level = logging.WARNING if call.status not in (OK, CANCELED) else logging.INFO
     logger.log(level, "request", extra={"fields": fields})
 
 

@@ -34,6 +34,7 @@ from server.translate.sse import SSEDecoder, encode_sse
 from server.usage import CHARS_PER_TOKEN
 
 Write = Callable[..., Awaitable[Any]]
+DATA_ONLY = ("gemini",)     # formats whose events carry no `id:` line (GeminiRelay.data_only)
 
 
 def stream_meta(call: Call) -> dict[str, Any]:
@@ -190,7 +191,8 @@ class Recovery:
                 metadata=meta.get("metadata") or {}, stream_id=info.id)
             reservation = Reservation(info.tenant_id, int(meta.get("reserved_micros") or 0), bool(meta.get("limited")))
             self.ledger.bill_many([(reservation, record)])
-        events = [(n + i, encode_sse(data, name, str(n + i))) for i, (name, data) in enumerate(
+        numbered = info.format not in DATA_ONLY      # as the stream's relay wrote its events
+        events = [(n + i, encode_sse(data, name, str(n + i) if numbered else None)) for i, (name, data) in enumerate(
             ending(info.format, decoded, text, n))]
         if self.repo.settle(info.id, events, PARTIAL, {**meta, "survived": n}):
             log_event(self.log, "interrupted stream settled", logging.WARNING, stream_id=info.id, survived=n,

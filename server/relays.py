@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from server.call import Call
 from server.translate.anthropic import OpenAIToAnthropicStream
+from server.translate.gemini import OpenAIToGeminiStream
+from server.translate.responses import ToResponsesStream
 from server.usage import Meter
 
 Event = tuple[str | None, Any]          # (SSE event name or None, data dict or str)
@@ -19,6 +22,7 @@ Event = tuple[str | None, Any]          # (SSE event name or None, data dict or 
 class Relay:
     """Upstream items in, client-format events out. `meter` counts the usage as they pass."""
     format = "openai"
+    data_only = False                   # True: events as `data:` lines only (no `id:`, no `: stream` comment)
 
     def __init__(self) -> None:
         self.meter = Meter()
@@ -198,3 +202,56 @@ class PlatformRunRelay(Relay):
 
     def fail(self, message: str, kind: str) -> list[Event]:
         return [("error", {"message": message, "code": kind})]
+
+
+# ---- OpenAI Responses ----
+class ResponsesRelay(Relay):
+    """Canonical chunks -> Responses API events (response.created ... response.completed); a failure
+    after the first token ends with `error` and response.failed. `on_end` gets the output items (the
+    conversation kept for previous_response_id)."""
+    format = "responses"
+
+    def __init__(self, req: dict, response_id: str, model: str,
+                 on_end: Callable[[list[dict]], None] | None = None) -> None:
+        super().__init__()
+        self.translator = ToResponsesStream(req, response_id, model)
+        self.on_end = on_end
+
+    def start(self) -> list[Event]:
+        return list(self.translator.start())
+
+    def events(self, chunk: dict) -> list[Event]:
+        self.meter.chunk(chunk)
+        return list(self.translator.feed(chunk))
+
+    def end(self) -> list[Event]:
+        events: list[Event] = list(self.translator.finish())
+        if self.on_end is not None:
+            self.on_end(self.translator.output())
+        return events
+
+    def fail(self, message: str, kind: str) -> list[Event]:
+        return list(self.translator.finish({"code": kind, "message": message}))
+
+
+# ---- Gemini generateContent ----
+class GeminiRelay(Relay):
+    """Canonical chunks -> Gemini stream chunks (SSE data only, as streamGenerateContent?alt=sse sends);
+    a failure after the first token ends with a chunk holding Google's `error` object."""
+    format = "gemini"
+    data_only = True                    # google-genai takes any other line for data (resume with ?from=N)
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.translator = OpenAIToGeminiStream(model)
+
+    def events(self, chunk: dict) -> list[Event]:
+        self.meter.chunk(chunk)
+        return [(None, data) for data in self.translator.feed(chunk)]
+
+    def end(self) -> list[Event]:
+        return [(None, data) for data in self.translator.finish()]
+
+    def fail(self, message: str, kind: str) -> list[Event]:
+        status = 504 if kind == "timeout" else 500
+        return [(None, data) for data in self.translator.finish({"status": status, "message": message})]

@@ -48,6 +48,7 @@ class Buffer:
         self.timed_out: str | None = None
         self.task: asyncio.Task | None = None
         self.tag: Callable[[str | None, Any, str], Any] | None = None   # the relay's: marks the first event
+        self.data_only = False          # `data:` lines only: no id, no comment (the relay's choice)
         self.meta: dict[str, Any] = {}  # stored with the row: what settling it after a crash needs (recovery.py)
         self._changed = asyncio.get_running_loop().create_future()
 
@@ -55,8 +56,8 @@ class Buffer:
         index = len(self.events)
         if index == 0 and self.tag is not None:   # the stream id travels in the first event
             data = self.tag(event, data, self.id)
-        raw = encode_sse(data, event, str(index))
-        if index == 0:   # and as a comment, for clients that only read raw lines
+        raw = encode_sse(data, event, None if self.data_only else str(index))
+        if index == 0 and not self.data_only:   # and as a comment, for clients that only read raw lines
             raw = f": stream {self.id}\n".encode() + raw
         self.events.append(raw)
         self.size += len(raw)
@@ -110,6 +111,7 @@ class Streams:
         buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
         buf.tag = relay.tag
         buf.meta = meta or {}
+        buf.data_only = relay.data_only
         self.live[buf.id] = self.pending[buf.id] = buf
         buf.task = asyncio.create_task(self._pump(buf, relay, upstream, on_done))
         return buf

@@ -120,10 +120,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def presented_key(request: Request) -> str | None:
+    """Bearer (OpenAI SDKs), x-api-key (Anthropic's), x-goog-api-key or ?key= (Google's)."""
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
-    return request.headers.get("x-api-key", "").strip() or None
+    for header in ("x-api-key", "x-goog-api-key"):
+        if request.headers.get(header, "").strip():
+            return request.headers[header].strip()
+    return (request.query_params.get("key") or "").strip() or None if is_gemini(request) else None
 
 
 def _unauthorized(request: Request, message: str) -> ApiError:

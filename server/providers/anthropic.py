@@ -13,6 +13,9 @@ from server.translate.anthropic import (
     openai_to_anthropic_request,
 )
 
+# The fields of a request that count_tokens takes (max_tokens, stream, ... are refused there).
+COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
 
 class AnthropicProvider(Provider):
     kind = "anthropic"
@@ -27,6 +30,17 @@ class AnthropicProvider(Provider):
         if key:
             headers["x-api-key"] = key
         return headers
+
+    async def count_tokens(self, req: dict, model: str, t: Timeouts, anthropic_body: dict | None = None) -> int | None:
+        """POST /v1/messages/count_tokens: the client's own body passed through when it is an Anthropic one."""
+        if anthropic_body is not None:
+            body = {**anthropic_body, "model": model}
+        else:
+            body = openai_to_anthropic_request({**req, "stream": False}, model)
+        body = {k: v for k, v in body.items() if k in COUNTED}
+        resp = await self.post_json(self.url + "/count_tokens", body, await self._headers(), t)
+        count = resp.get("input_tokens")
+        return count if isinstance(count, int) else None
 
     async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
         body = openai_to_anthropic_request({**req, "stream": False}, model)

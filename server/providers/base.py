@@ -116,6 +116,11 @@ class Provider(ABC):
             return self.completions_stream(req, model, t)
         return self.run_stream(req, model, t)
 
+    async def count_tokens(self, req: dict, model: str, t: Timeouts, anthropic_body: dict | None = None) -> int | None:
+        """Input tokens of a canonical request by the provider's own count, where it offers one (None:
+        it offers none). `anthropic_body`: the client's Anthropic request, for a passthrough."""
+        return None
+
     # ---- the operations (canonical in, canonical out) ----
     async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
         raise Unsupported(f"{self.kind} provider {self.name!r} has no chat completions")

@@ -21,6 +21,14 @@ class GoogleProvider(Provider):
         key = await self.api_key()
         return {"x-goog-api-key": key} if key else {}
 
+    async def count_tokens(self, req: dict, model: str, t: Timeouts, anthropic_body: dict | None = None) -> int | None:
+        """models/{model}:countTokens on the translated request."""
+        body = openai_to_gemini_request(req, model)
+        counted = {k: body[k] for k in ("contents", "systemInstruction", "tools") if k in body}
+        resp = await self.post_json(self._url(model, "countTokens"), counted, await self._headers(), t)
+        count = resp.get("totalTokens")
+        return count if isinstance(count, int) else None
+
     async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
         body = openai_to_gemini_request(req, model)
         resp = await self.post_json(self._url(model, "generateContent"), body, await self._headers(), t)

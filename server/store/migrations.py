@@ -112,6 +112,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "DROP TABLE stream_events",
         "UPDATE streams SET status = 'canceled' WHERE status = 'cancelled'",
     ]),
+    # The conversations behind the Responses API's previous_response_id.
+    (3, [
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            messages {json} NOT NULL,
+            created_at {ts} NOT NULL)""",
+        "CREATE INDEX conversations_created ON conversations (created_at)",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -91,8 +91,9 @@ class StreamRepo:
             set_={"count": stmt.excluded["count"], "sizes": stmt.excluded.sizes, "data": stmt.excluded.data},
             where=stream_chunks.c["count"] < stmt.excluded["count"])
         conn.execute(stmt, rows)
-        for chunk in _chunks(list(dict.fromkeys(row["stream_id"] for row in rows))):
-            conn.execute(update(streams).where(streams.c.id.in_(chunk)).values(updated_at=now))
+        # No updated_at here: a running stream's row is kept fresh by its owner's heartbeat
+        # (Streams._heartbeat -> touch), which is what recovery and purging read, once per lease/3
+        # rather than once per flush per stream.
 
     def finish(self, id: str, status: str, only_running: bool = False) -> bool:
         """Set the stream's final status; with only_running, only if it is still "running"

@@ -132,6 +132,15 @@ streams = Table(
     Column("finished_at", UTCDateTime),
 )
 
+# The conversations behind previous_response_id (OpenAI Responses API), see server/conversations.py.
+conversations = Table(
+    "conversations", metadata,
+    Column("id", Text, primary_key=True),                    # the response id, resp_...
+    Column("tenant_id", Text, nullable=False),
+    Column("messages", JSONType, nullable=False),            # canonical messages, the answer last
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 # A stream's events in chunks: whatever one flush had for the stream, one row (a row per event
 # was a quarter of the gateway's CPU under load). Chunks of one stream never overlap.
 stream_chunks = Table(
