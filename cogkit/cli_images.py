@@ -66,9 +66,16 @@ def build(
                                                            "or id=NAME,env=VAR (repeatable)"),
     debug_output: bool = typer.Option(False, "--debug", help="Show the generated Dockerfile and every build step"),
     check: bool = typer.Option(False, "--check", help="Only check cog.yaml and the schema, as a build would"),
+    use_cog_base_image: str = typer.Option("false", "--use-cog-base-image", metavar="[=true|false]",
+                                           help="Accepted as Cog takes it; cogkit builds on its own base images"),
     project: Path = PROJECT_OPTION,
 ) -> None:
     """Build the project's model image with the Docker engine (progress on stderr)."""
+    if use_cog_base_image.lower() not in ("true", "false", "1", "0"):
+        fail(f"--use-cog-base-image takes true or false, not {use_cog_base_image!r}")
+    if use_cog_base_image.lower() in ("true", "1"):
+        note("Note: cogkit builds on its own base images (python:X-slim, or CUDA for gpu: true), "
+             "not on Cog's cog-base images")
     from cogkit.build import builder, checks
     from cogkit.build import dockerfile as df
     from cogkit.schema import build_openapi
