@@ -333,7 +333,11 @@ class Runner:
         prediction.started_at = now_iso()
         prediction.started_monotonic = time.monotonic()
         prediction.emit("start")
-        self._spawn(self._dispatch(prediction))
+        if self.file_fields.get(prediction.mode):
+            self._spawn(self._dispatch(prediction))  # inputs to download first
+        else:  # nothing to fetch: straight to the worker, without a task and a loop turn in between
+            self._send(m.PREDICT, id=prediction.id, mode=prediction.mode, input=prediction.input,
+                       context=prediction.context)
         return prediction
 
     async def _dispatch(self, p: Prediction) -> None:
