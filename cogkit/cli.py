@@ -5,6 +5,7 @@ plug in through the `cogkit.commands` entry-point group: cogkit never imports th
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -112,6 +113,8 @@ def load_plugins(target: typer.Typer) -> None:
 
 def main() -> None:
     load_plugins(app)
+    # Cog's `--use-cog-base-image` is a flag that may also take =true/=false.
+    sys.argv = [("--use-cog-base-image=true" if arg == "--use-cog-base-image" else arg) for arg in sys.argv]
     app()
 
 

@@ -66,9 +66,16 @@ def build(
                                                            "or id=NAME,env=VAR (repeatable)"),
     debug_output: bool = typer.Option(False, "--debug", help="Show the generated Dockerfile and every build step"),
     check: bool = typer.Option(False, "--check", help="Only check cog.yaml and the schema, as a build would"),
+    use_cog_base_image: str = typer.Option("false", "--use-cog-base-image", metavar="[=true|false]",
+                                           help="Accepted as Cog takes it; cogkit builds on its own base images"),
     project: Path = PROJECT_OPTION,
 ) -> None:
     """Build the project's model image with the Docker engine (progress on stderr)."""
+    if use_cog_base_image.lower() not in ("true", "false", "1", "0"):
+        fail(f"--use-cog-base-image takes true or false, not {use_cog_base_image!r}")
+    if use_cog_base_image.lower() in ("true", "1"):
+        note("Note: cogkit builds on its own base images (python:X-slim, or CUDA for gpu: true), "
+             "not on Cog's cog-base images")
     from cogkit.build import builder, checks
     from cogkit.build import dockerfile as df
     from cogkit.schema import build_openapi
@@ -154,8 +161,8 @@ def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[st
     try:
         client = _connect()
         note(f"Starting Docker image {image} and running setup()...")
-        with _one_container(client) as name, errors():
-            model = container.start(image, env=env, client=client, name=name)
+        with _one_container(client) as name, errors(), project_weights() as volumes:
+            model = container.start(image, env=env, client=client, name=name, volumes=volumes)
             setup_logs = (model.health.get("setup") or {}).get("logs") or ""
             if setup_logs.strip():
                 sys.stderr.write(setup_logs)
@@ -165,6 +172,25 @@ def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[st
     if prediction.get("logs"):
         sys.stderr.write(prediction["logs"])
     return prediction
+
+
+@contextlib.contextmanager
+def project_weights() -> Iterator[dict[str, str]]:
+    """Run from a project whose cog.yaml declares weights: they are mounted at their targets."""
+    from cogkit import weights
+    from cogkit.cli_common import find_project
+    from cogkit.config import ConfigError, load_config
+
+    directory = find_project(Path("."))
+    try:
+        raw = load_config(directory).raw if (directory / "cog.yaml").is_file() else {}
+    except ConfigError:
+        raw = {}
+    try:
+        with weights.mounted(directory, raw) as volumes:
+            yield volumes
+    except weights.WeightsError as e:
+        fail(str(e))
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -217,11 +243,11 @@ def serve_image(image: str, port: int, host: str = "127.0.0.1", upload_url: str 
         client = _connect()
         _require_image(client, image)
         note(f"Starting {image} on 127.0.0.1:{port}")
-        with _one_container(client) as name:
+        with _one_container(client) as name, project_weights() as volumes:
             try:
                 with errors():
                     model = container.start(image, port=port, client=client, upload_url=upload_url, wait=False,
-                                            name=name)
+                                            name=name, volumes=volumes)
                 typer.echo(f"Serving {image} on {model.url} (Ctrl-C stops it)")
                 for chunk in client.logs(model.container, stream=True, follow=True):
                     sys.stderr.write(chunk.decode(errors="replace"))

@@ -143,7 +143,45 @@ def doctor(
         raise typer.Exit(1)
 
 
+weights_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="Cog's managed weights: import them into the store and registry, pull them back.")
+
+
+def _project_raw(project: Path) -> tuple[Path, dict]:
+    config = project_config(project)
+    return config.project_dir, config.raw
+
+
+@weights_app.command("import")
+def weights_import(project: Path = typer.Option(Path("."), "--project", help="The project directory")) -> None:
+    """Store cog.yaml's weights locally, push them to the model's registry, write weights.lock."""
+    from cogkit import weights
+
+    directory, raw = _project_raw(project)
+    try:
+        weights.import_weights(directory, raw, note)
+    except weights.WeightsError as e:
+        fail(str(e))
+
+
+@weights_app.command("pull")
+def weights_pull(
+    names: list[str] = typer.Argument(None, help="Only these weights (default: all in weights.lock)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the store, the lockfile and each file"),
+    project: Path = typer.Option(Path("."), "--project", help="The project directory"),
+) -> None:
+    """Fill the local store with the weights weights.lock names, from the registry."""
+    from cogkit import weights
+
+    directory, _ = _project_raw(project)
+    try:
+        weights.pull_weights(directory, list(names or []), verbose, note)
+    except weights.WeightsError as e:
+        fail(str(e))
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(weights_app, name="weights")
     app.command("init")(init)
     app.command("doctor")(doctor)
     app.command("exec", context_settings={"allow_interspersed_args": False,

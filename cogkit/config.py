@@ -17,7 +17,7 @@ import yaml
 
 FILENAME = "cog.yaml"
 
-TOP_KEYS = ["build", "image", "predict", "run", "train", "concurrency", "environment", "weights", "tests"]
+TOP_KEYS = ["build", "image", "predict", "run", "train", "concurrency", "environment", "weights", "tests", "model"]
 BUILD_KEYS = ["gpu", "cuda", "cudnn", "python_version", "python_packages", "python_requirements",
               "system_packages", "run", "pre_install", "cog_runtime", "fast"]
 CONCURRENCY_KEYS = ["max", "default_target"]

@@ -361,7 +361,7 @@ def probes(case: Case, reference: dict[str, Any]) -> list[Call]:
         base = {name: _sample(props[name]) for name in reference["Input"].get("required", []) if name in props}
         if any(v is None for v in base.values()):
             return []
-    base = type_inputs(base, props)
+    base = _short_waits(type_inputs(base, props), props)
     calls = [Call("probe: the script's input", "POST", "/predictions", {"input": base}),
              Call("probe: an undeclared input field", "POST", "/predictions", {"input": {**base, UNDECLARED: 1}}),
              Call("probe: SSE", "POST", "/predictions", {"input": base}, {"Accept": "text/event-stream"}),
@@ -372,6 +372,20 @@ def probes(case: Case, reference: dict[str, Any]) -> list[Call]:
         if prop.get("type") == "number" and name not in base:
             calls.append(Call(f"probe: integer for number {name}", "POST", "/predictions", {"input": {**base, name: 2}}))
     return calls
+
+
+WAITS = ("sleep", "duration", "seconds", "delay", "wait")
+
+
+def _short_waits(base: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
+    """Probes don't sit out a model's long default sleep (`duration: float = 60`): such
+    inputs get their smallest allowed value, the same for both servers."""
+    out = dict(base)
+    for name, prop in props.items():
+        if name not in out and any(w in name for w in WAITS) and prop.get("type") in ("number", "integer") \
+                and isinstance(prop.get("default"), (int, float)) and prop["default"] > 1:
+            out[name] = max(prop.get("minimum", 0), 0)
+    return out
 
 
 def _sample(prop: dict[str, Any]) -> Any:

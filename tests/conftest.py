@@ -142,3 +142,20 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The Cog suite's skips, grouped by reason: the list is meant to stay short."""
+    skips: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if "test_cog_suite" not in report.nodeid or not isinstance(report.longrepr, tuple):
+            continue
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        skips.setdefault(reason, []).append(report.nodeid.split("[", 1)[-1].rstrip("]"))
+    if not skips:
+        return
+    total = sum(len(names) for names in skips.values())
+    terminalreporter.section(f"Cog suite: {total} skipped, by reason")
+    for reason, names in sorted(skips.items(), key=lambda kv: -len(kv[1])):
+        terminalreporter.write_line(f"{len(names):3d}  {reason}")
+        terminalreporter.write_line(f"       {', '.join(sorted(names))}")

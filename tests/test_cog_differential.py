@@ -25,7 +25,21 @@ MIN_AGREEMENT = 0.98
 PARALLEL = 4  # projects served at once: each is two processes, mostly waiting on setup
 
 # Differences kept on purpose: a substring of the check's name -> why.
-ALLOWED: dict[str, str] = {}
+ALLOWED: dict[str, str] = {
+    "static_schema_unresolvable_fails ": (
+        "Cog's build rejects an output type imported from a package __init__ (its static parser reads "
+        "file modules only; the suite pins the failure) and so does cogkit; the reference here, Cog's "
+        "SDK introspection at run time, imports it and would accept it"),
+    "typeddict_output Output": (
+        "Cog's build lists a TypedDict output's fields (the suite pins `\"required\":[\"name\"]`), as "
+        "cogkit does; Cog's SDK introspection, the reference here, sees only an object"),
+    "doctor_deprecated_imports predict schema builds": (
+        "cogkit keeps `from cog.types import ExperimentalFeatureWarning` working, with Cog's deprecation "
+        "warning, where Cog 0.23 fails the import; `cogkit doctor --fix` migrates it as `cog doctor` does"),
+    "doctor_pydantic_basemodel predict schema builds": (
+        "the reference environment holds only cog (no pydantic), so Cog's SDK cannot import the model; "
+        "cogkit reads the schema statically, as Cog's build does"),
+}
 
 
 def _allowed(check: str) -> str | None:

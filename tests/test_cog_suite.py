@@ -43,13 +43,27 @@ def test_the_suite_is_present() -> None:
                             f"(../shared/peer-suites/cog relative to the repo root)")
 
 
+@pytest.fixture(scope="module")
+def engine_env() -> None:
+    """Image mode needs the local Docker engine (and says how to start it)."""
+    from cogkit.build import builder
+
+    try:
+        builder.connect()
+    except builder.EngineUnavailable as e:
+        pytest.fail(f"image mode of the Cog suite needs a Docker engine: {e}; here: "
+                    f'eval "$(bash .ci/docker-services.sh --env)"', pytrace=False)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", _suite_files(), ids=lambda p: p.stem)
-def test_cog_suite(path: Path, mode: str, tmp_path: Path) -> None:
+def test_cog_suite(path: Path, mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     text = path.read_text()
     reason = skip_reason(path.stem, text, mode)
     if reason:
         pytest.skip(reason)
+    if mode == "image":
+        request.getfixturevalue("engine_env")
     script = Script(name=path.stem, text=text, work=tmp_path / "work", mode=mode, repo_root=ROOT,
                     rewrite_python=rewrite_python)
     try:

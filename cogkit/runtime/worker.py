@@ -108,7 +108,7 @@ def coerce(annotation: Any, value: Any) -> Any:
     if isinstance(value, dict) and m.PATH_KEY in value:
         local = value[m.PATH_KEY]
         if annotation is File:
-            return open(local, "rb")  # noqa: SIM115 - handed to user code
+            return open(local, "rb")
         return Path(local)
     if annotation is Secret:
         return Secret(value)
@@ -159,6 +159,7 @@ class Worker:
         self.events = events
         self.predictor: Any = None
         self.entries: dict[str, Any] = {}
+        self._type_hints: dict[str, dict[str, Any]] = {}  # mode -> its entry's annotations, resolved once
         self.is_async = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._running: str | None = None  # sync mode: the prediction in the main thread
@@ -214,12 +215,18 @@ class Worker:
         fn = self.entries.get(msg.get("mode", "predict"))
         if fn is None:
             raise RuntimeError(f"this model has no {msg.get('mode')} entry point")
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # noqa: BLE001 - unresolvable annotations: pass values as they are
-            hints = {}
+        hints = self._hints(msg.get("mode", "predict"), fn)
         kwargs = {k: coerce(hints.get(k, Any), v) for k, v in (msg.get("input") or {}).items()}
         return fn, kwargs, token
+
+    def _hints(self, mode: str, fn: Any) -> dict[str, Any]:
+        """The entry point's resolved annotations (get_type_hints is slow: once per mode, not per call)."""
+        if mode not in self._type_hints:
+            try:
+                self._type_hints[mode] = typing.get_type_hints(fn)
+            except Exception:  # noqa: BLE001 - unresolvable annotations: pass values as they are
+                self._type_hints[mode] = {}
+        return self._type_hints[mode]
 
     def _fail(self, pid: str, exc: BaseException) -> None:
         sys.stderr.write(traceback.format_exc())

@@ -9,6 +9,8 @@ import re
 _CUDA_WHEELS = "installs CUDA builds of torch/tensorflow (GBs of CUDA wheels) and checks them on a GPU; no GPU here"
 _COG_BASE = ("builds on Cog's own cog-base images (--use-cog-base-image, pulled from r8.im/ghcr.io): "
              "no internet registry here")
+_COG_WHEELS = ("selects Cog's own SDK and coglet wheels (COG_SDK_WHEEL/COGLET_WHEEL from Cog's repo dist/); "
+               "cogkit installs its own SDK")
 NEEDS: dict[str, str] = {
     "ffmpeg_package": _CUDA_WHEELS,
     "tensorflow": _CUDA_WHEELS,
@@ -21,6 +23,10 @@ NEEDS: dict[str, str] = {
     "build_base_image_sha": _COG_BASE,
     "build_python313_base_image": _COG_BASE,
     "build_cog_version_match": _COG_BASE,
+    "wheel_coglet_missing": _COG_WHEELS,
+    "wheel_resolution": _COG_WHEELS,
+    "setup_worker_tracing_logs": ("checks the internal Rust tracing lines of Cog's coglet runtime in the setup "
+                                  "log (its implementation, not an interface)"),
 }
 _GPU = re.compile(r"^\s*gpu:\s*true", re.MULTILINE)
 
@@ -36,8 +42,12 @@ def skip_reason(name: str, text: str, mode: str) -> str | None:
     script = text.split("\n-- ", 1)[0]
     if mode == "local" and _IMAGE_ONLY.search(script):
         return "inspects the built image (docker inspect/run/push): runs in image mode only"
+    if mode == "local" and "weights:" in text and re.search(r"^\s*cog (predict|run|serve)", script, re.MULTILINE):
+        return "mounts managed weights at their absolute targets in the container (/src/...): image mode only"
     if mode == "local" and "Image built as" in script:
         return "checks what `cog build` says about the image it built: runs in image mode only"
-    if mode == "image" and _GPU.search(text):
+    builds = re.findall(r"^\s*(!\s+)?cog build", script, re.MULTILINE)
+    only_failing_builds = bool(builds) and all(builds)  # the build is refused before any base image
+    if mode == "image" and _GPU.search(text) and not only_failing_builds:
         return "gpu: true builds on a CUDA base image (nvidia/cuda), which this offline engine does not have"
     return None
