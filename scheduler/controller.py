@@ -35,6 +35,7 @@ from scheduler.replicas import ReplicaSet
 from scheduler.runtimes.base import (
     LABEL_DEPLOYMENT,
     LABEL_DEVICES,
+    LABEL_NODE,
     LABEL_PLATFORM,
     LABEL_SPEC,
     LABEL_VERSION,
@@ -127,6 +128,7 @@ class Controller:
         self.desired: dict[str, DesiredDeployment] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -142,13 +144,16 @@ class Controller:
         return state.replicas
 
     def wake(self) -> None:
-        self._wake.set()
+        """Run a pass now (callable from any thread: API handlers run in worker threads)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     # ---- the loop ----
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._loop_forever())
 
-    async def _loop(self) -> None:
+    async def _loop_forever(self) -> None:
         while True:
             try:
                 await self.reconcile()

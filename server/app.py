@@ -18,13 +18,23 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server.api.deps import error_body, error_response, install_error_handlers, presented_key, require_key
+from server.api.deps import (
+    api_error,
+    error_body,
+    error_response,
+    install_error_handlers,
+    presented_key,
+    require_key,
+)
 from server.auth import Auth, KeyInfo
 from server.catalog import Catalog, UnknownModel
 from server.config import GatewayConfig
 from server.ledger import Ledger, Reservation, UsageRecord
 from server.logs import log_call, setup_logging
 from server.metrics import Metrics
+from server.platform.provider import ManagedProvider
+from server.platform.service import CURRENT_CALL, NotDeployed, Platform
+from server.platform.service import PROVIDER as PLATFORM_PROVIDER
 from server.providers import Provider, Unsupported, UpstreamError, make_provider
 from server.router import Call, ResponseCache, Router
 from server.store import Store
@@ -50,6 +60,8 @@ class Gateway:
         self.providers: dict[str, Provider] = {
             p.name: make_provider(p, config.timeouts, self._secret_source(p.api_key_secret, p.api_key_env))
             for p in config.providers}
+        self.platform = Platform(self.store, config.platform, self.metrics.registry)
+        self.providers[PLATFORM_PROVIDER] = ManagedProvider(self.platform, config.timeouts)
         self.router = Router(self.catalog, self.providers, config.routing, self.metrics)
         # Every store write goes through this one thread: writers never wait on each other's locks
         # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.
@@ -77,8 +89,10 @@ class Gateway:
         self.streams.start_background()
         self._bills_ready = asyncio.Event()
         self._biller_task = asyncio.create_task(self._biller())
+        await self.platform.startup(self.writer)
 
     async def shutdown(self) -> None:
+        await self.platform.shutdown()
         await self.streams.close()             # ends every stream, which queues its bill
         self._biller_task.cancel()
         await asyncio.gather(self._biller_task, return_exceptions=True)
@@ -107,7 +121,11 @@ class Gateway:
     def new_call(self, request: Request, endpoint: str, model: str, key: KeyInfo, body: dict, stream: bool) -> Call:
         call = Call(request_id="req_" + uuid.uuid4().hex, endpoint=endpoint, model=model, tenant_id=key.tenant_id,
                     key_id=key.id, metadata=caller_metadata(request, body), stream=stream)
-        call.resolved = self.catalog.resolve(model)      # UnknownModel -> 404 with suggestions
+        try:
+            call.resolved = self.platform.resolve(model, key.tenant_id) or self.catalog.resolve(model)
+        except NotDeployed as e:
+            raise api_error(request, e.status, e.message, code="model_not_deployed") from None
+        CURRENT_CALL.set(call)                           # the platform notes its cold start on it
         return call
 
     async def admit(self, call: Call, key: KeyInfo, payload: dict) -> None:
@@ -201,6 +219,7 @@ class Gateway:
             out["x-cogkit-stream-id"] = call.stream_id
         if call.cached:
             out["x-cogkit-cache"] = "hit"
+        out.update(call.extra_headers)
         return out
 
     async def serve(self, request: Request, key: KeyInfo, call: Call, op: str, payload: dict,
@@ -217,7 +236,7 @@ class Gateway:
             self.finish(call, key, "error", e.message)
             status = e.client_status()
             headers = self.headers(call)
-            if e.status == 429 and e.retry_after is not None:
+            if e.status in (429, 503) and e.retry_after is not None:
                 headers["retry-after"] = str(max(1, round(e.retry_after)))
             return error_response(request, status, e.message, headers=headers)
         except Unsupported as e:
@@ -347,6 +366,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
     install_error_handlers(app)
 
     from server.api import admin, anthropic, openai, run, spend, streams
+    from server.platform import api_deployments, api_models, api_replicate
+    for module in (api_models, api_deployments, api_replicate):   # before openai's catch-all /v1/models/{model}
+        app.include_router(module.router)
     for module in (openai, anthropic, run, streams, spend, admin):
         app.include_router(module.router)
 

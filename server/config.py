@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from server.platform.config import PlatformConfig
+
 
 class ConfigError(Exception):
     pass
@@ -115,6 +117,7 @@ class GatewayConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     auth_cache_ttl: float = 30.0            # seconds a validated key is trusted without the store
     default_tenant: str = "default"
+    platform: PlatformConfig | None = None  # run pushed models' replicas (server/platform)
 
     @model_validator(mode="after")
     def _check(self) -> "GatewayConfig":

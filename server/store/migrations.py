@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from server.platform.ddl import MIGRATION as PLATFORM_MIGRATION
+
 from .tables import schema_version, utcnow
 
 # Column types differing between the two backends; DDL below uses the placeholders.
@@ -97,6 +99,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             data {blob} NOT NULL,
             PRIMARY KEY (stream_id, idx))""",
     ]),
+    (2, PLATFORM_MIGRATION),      # the platform's registry and deployments (server/platform/tables.py)
 ]
 
 LATEST = MIGRATIONS[-1][0]
