@@ -484,7 +484,7 @@ class ClusterState:
             eligible = []
             for gpu in node.gpus:
                 considered += 1
-                failed = node_failed + self.gpu_failures(gpu, request, now)
+                failed = list(dict.fromkeys(node_failed + self.gpu_failures(gpu, request, now)))
                 failures.update(failed)
                 if not failed:
                     eligible.append(gpu)

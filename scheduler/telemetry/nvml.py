@@ -54,6 +54,16 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def health_after_event(health: GpuHealth, event_type: int, event_data: int) -> GpuHealth:
+    """The device plugin's rules: a critical XID (eventData is the XID) marks the GPU
+    unhealthy unless an application caused it; a double-bit ECC error always does."""
+    if event_type & pynvml.nvmlEventTypeXidCriticalError:
+        return health.with_problem(f"XID {event_data}") if xid_marks_unhealthy(event_data) else health
+    if event_type & pynvml.nvmlEventTypeDoubleBitEccError:
+        return health.with_problem("double-bit ECC error")
+    return health
+
+
 class NvmlInventory:
     def __init__(self, node_name: str | None = None, labels: Mapping[str, str] | None = None,
                  cached_versions: Callable[[], frozenset[str]] = frozenset,
@@ -105,13 +115,9 @@ class NvmlInventory:
         )
 
     def record_event(self, uuid: str, event_type: int, event_data: int) -> GpuHealth:
-        """Apply the health rules to one NVML event; the new health of that GPU."""
+        """Apply one NVML event to that GPU's health; its new health."""
         with self._lock:
-            health = self._health.get(uuid, GpuHealth())
-            if event_type & pynvml.nvmlEventTypeXidCriticalError and xid_marks_unhealthy(event_data):
-                health = health.with_problem(f"XID {event_data}")
-            elif event_type & pynvml.nvmlEventTypeDoubleBitEccError:
-                health = health.with_problem("double-bit ECC error")
+            health = health_after_event(self._health.get(uuid, GpuHealth()), event_type, event_data)
             self._health[uuid] = health
             return health
 
