@@ -270,11 +270,21 @@ class Controller:
             return
         for _ in range(max(0, missing)):
             self._spawn(self._start_replica(name, spec, state))
+        over = len(active) + state.starting - max(spec.policy.max_replicas, spec.policy.min_replicas)
+        if over > 0:     # max_replicas was lowered: drain the least busy; what they run finishes
+            for t in sorted(active, key=lambda t: self._outstanding(rs, t))[:over]:
+                self._drain_and_stop(state, t)
+            return
         idle = {t.replica.id: now - r.idle_since for t in active if t.ready
                 and (r := rs.replicas.get(t.replica.id)) is not None and r.outstanding == 0 and not r.draining}
         for rid in idle_to_drain(spec.policy, idle, len(active) + state.starting):
             log.info("draining idle replica %s of %s", state.tracked[rid].replica.name, name)
             self._drain_and_stop(state, state.tracked[rid])
+
+    @staticmethod
+    def _outstanding(rs: ReplicaSet, tracked: Tracked) -> int:
+        replica = rs.replicas.get(tracked.replica.id)
+        return replica.outstanding if replica else 0
 
     @staticmethod
     def _reason(state: DeploymentState) -> str:

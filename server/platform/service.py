@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -21,9 +21,10 @@ from scheduler.replicas import Lease, ReplicaSet, Unavailable
 from server.catalog import Resolved, Target
 from server.platform.config import PlatformConfig
 from server.platform.deployments import Deployment, Deployments
+from server.platform.predictions import Files, PredictionRunner
 from server.platform.registry import Registry, Version
 from server.providers.base import UpstreamError
-from server.store import Store
+from server.store import Store, cogkit_home
 
 log = logging.getLogger("cogkit.platform")
 PROVIDER = "cogkit-platform"           # the Target.provider of every managed deployment
@@ -60,6 +61,10 @@ class Platform:
         self.controller: Controller | None = None
         self._resolved: dict[tuple[str, str], tuple[float, Resolved, Version]] = {}
         self._versions: dict[str, Version] = {}
+        self._writer: Any = None
+        home = store.sqlite_path.parent if store.sqlite_path else cogkit_home()
+        self.files = Files(home / "platform-files")
+        self.predictions = PredictionRunner(self, self.files, self._write)
         self.cold_starts = Histogram("cogkit_platform_cold_start_seconds",
                                      "Time a request waited for a replica to be ready", ["deployment"],
                                      buckets=COLD_START_BUCKETS, registry=registry_metrics)
@@ -67,13 +72,18 @@ class Platform:
                                       limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
 
     # ---- lifecycle ----
+    def _write(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A store write on the gateway's writer thread, not waited for."""
+        asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
     async def startup(self, writer: Any) -> None:
+        self._writer = writer
         if not self.config.controller:
             return
         from scheduler.runtimes.docker import DockerRuntime
 
         def sink(name: str, status: dict[str, Any]) -> None:
-            asyncio.get_running_loop().run_in_executor(writer, self.deployments.set_status, name, status)
+            self._write(self.deployments.set_status, name, status)
 
         runtime = await asyncio.to_thread(DockerRuntime)
         self.controller = Controller(runtime, self.deployments.desired, self.config.instance or instance_of(self.store),
@@ -85,6 +95,7 @@ class Platform:
         return make_placer(self.config.inventory)
 
     async def shutdown(self) -> None:
+        await self.predictions.aclose()
         if self.controller is not None:
             await self.controller.close(self.config.stop_replicas_on_exit)
         await self.http.aclose()
@@ -190,13 +201,20 @@ class Platform:
             return _prediction(resp, deployment)
         raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
 
-    async def predict_stream(self, deployment: str, body: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
-        """(event, data) from a replica's SSE prediction: output, logs, then completed."""
+    async def predict_stream(self, deployment: str, body: dict[str, Any], prediction_id: str | None = None,
+                             on_replica: Callable[[str, float], None] | None = None,
+                             ) -> AsyncIterator[tuple[str, Any]]:
+        """(event, data) from a replica's SSE prediction: output, logs, then completed. With an id the
+        replica runs it as PUT /predictions/{id} (so it can be cancelled there); on_replica(url, waited_s)
+        is told where it runs."""
         from server.translate.sse import SSEDecoder
+        method, path = ("PUT", f"/predictions/{prediction_id}") if prediction_id else ("POST", "/predictions")
         for _ in range(MAX_REROUTES):
             lease = await self.acquire(deployment)
             rs = self.replicas(deployment)
-            request = self.http.build_request("POST", lease.replica.url + "/predictions", json=body,
+            if on_replica is not None:
+                on_replica(lease.replica.url, lease.waited_s)
+            request = self.http.build_request(method, lease.replica.url + path, json=body,
                                               headers={"accept": "text/event-stream"})
             try:
                 resp = await self.http.send(request, stream=True)
@@ -238,6 +256,8 @@ def _raise(e: Exception) -> Any:
 
 def note_cold_start(lease: Lease) -> None:
     call = CURRENT_CALL.get()
+    if call is not None:
+        call.extra_headers["x-cogkit-replica"] = lease.replica.id[:12]
     if call is not None and lease.waited_s > 0:
         ms = lease.waited_s * 1000
         call.extra_headers["x-cogkit-cold-start-ms"] = f"{ms:.0f}"
