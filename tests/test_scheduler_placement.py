@@ -224,11 +224,15 @@ def test_pack_fills_the_fullest_gpu_that_fits_spread_the_emptiest() -> None:
     assert placed(place(inv, [], req(), Policy(strategy=Strategy.SPREAD))).gpu_uuids == ("empty",)
 
 
-def test_idle_gpus_win_when_memory_fit_is_equal() -> None:
+def test_busy_gpus_lose_in_proportion_to_load_above_the_threshold() -> None:
     inv = snap(node("a", gpu("busy", util=90), gpu("idle", util=5)))
     decision = placed(place(inv, [], req()))
-    assert decision.gpu_uuids == ("idle",)
-    assert decision.terms.utilization == pytest.approx(0.5 * 0.95)
+    assert decision.gpu_uuids == ("idle",) and decision.terms.utilization == 0.0
+    busy = explain(inv, [], req()).candidates[1]
+    assert busy.gpu_uuids == ("busy",) and busy.terms.utilization == pytest.approx(-0.5 * 40 / 50)
+    # a little more memory fit does not outweigh a hot GPU; at 50% there is no penalty
+    tight = snap(node("a", gpu("hot", used=30, util=100), gpu("cool", used=20, util=50)))
+    assert placed(place(tight, [], req())).gpu_uuids == ("cool",)
 
 
 def test_locality_ladder_sleeping_beats_local_beats_peer_beats_origin() -> None:
@@ -329,7 +333,7 @@ def random_cluster(rng: random.Random, nodes: int) -> tuple[InventorySnapshot, l
 def test_indexed_placement_matches_the_full_evaluation(strategy: Strategy) -> None:
     rng = random.Random(7)
     policy = Policy.first_fit() if strategy is Strategy.FIRST_FIT else Policy(strategy=strategy)
-    for _ in range(60):
+    for _ in range(300):
         inventory, running = random_cluster(rng, rng.randint(1, 12))
         request = req(memory_gib=rng.choice([4, 10, 20, 35, 70]), gpus=rng.choice([1, 1, 1, 2, 4]),
                       version=rng.choice(["v1", "v2", "v3"]), model=rng.choice(["acme/llm", "acme/img"]),

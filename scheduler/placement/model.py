@@ -90,9 +90,9 @@ class ReplicaRequest:
 class ScoreTerms:
     """Each term of a candidate's score, already weighted; total is their sum."""
 
-    memory_fit: float
-    utilization: float
-    locality: float
+    memory_fit: float  # in [0, weight]
+    utilization: float  # <= 0: the busy-GPU penalty
+    locality: float  # the rung's points
     anti_affinity: float  # <= 0
 
     @property

@@ -18,7 +18,10 @@ class Strategy(StrEnum):
 class Policy:
     strategy: Strategy = Strategy.PACK
     weight_memory_fit: float = 1.0
+    # Busy GPUs lose up to this much, in proportion to how far they run above
+    # the threshold: compute contention slows every model on the GPU.
     weight_utilization: float = 0.5
+    utilization_threshold_percent: float = 50.0
     # Points by cold-start rung: locality outweighs memory fit and utilization.
     points_sleeping: float = 3.0
     points_local_snapshot: float = 2.0
@@ -36,6 +39,8 @@ class Policy:
     def __post_init__(self) -> None:
         if not 0.0 <= self.memory_margin_fraction < 1.0:
             raise ValueError(f"memory_margin_fraction: expected in [0, 1), got {self.memory_margin_fraction}")
+        if not 0.0 <= self.utilization_threshold_percent < 100.0:
+            raise ValueError(f"utilization_threshold_percent: expected in [0, 100), got {self.utilization_threshold_percent}")
         if self.max_telemetry_age_s <= 0:
             raise ValueError(f"max_telemetry_age_s: expected > 0, got {self.max_telemetry_age_s}")
 

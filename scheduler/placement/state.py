@@ -1,16 +1,16 @@
 """The cluster as placement sees it, indexed so one decision needs no pass over every GPU.
 
-GPUs that can take work sit in one list sorted by effective free memory
-(the smaller of live free memory minus what starting replicas will take, and
-total minus everything promised, less the safety margin). A decision starts
-at the first GPU with enough memory and walks in the strategy's order; since
-memory fit is the only term that changes along the walk and the others are
-bounded, it stops as soon as no GPU further on can beat the best one found.
-Candidates that earn locality points (a sleeping instance, a node holding the
-version's snapshot) are scored first, from their own indexes.
+GPUs that can take work sit in a list sorted by effective free memory (the
+smaller of live free memory minus what starting replicas will take, and total
+minus everything promised, less the safety margin); each model version has
+one more such list for the GPUs on nodes holding its snapshot. A decision
+starts at the first GPU with enough memory and walks in the strategy's order.
+Memory fit is the only positive term that changes along a walk (utilization
+and anti-affinity only subtract, locality is fixed per list), so the walk
+stops as soon as no GPU further on can beat the best one found.
 
-`ClusterState.place` gives the same answer as scoring every GPU (see
-`evaluate_all`, which `explain` uses and the tests compare against).
+`ClusterState.place` gives the same answer as scoring every GPU
+(`evaluate_all`, which `explain` uses; the tests compare the two).
 """
 
 from __future__ import annotations
@@ -44,28 +44,15 @@ MEMORY_LIVE = "memory (live telemetry)"
 MEMORY_PROMISED = "memory (promised to replicas)"
 TOO_FEW = "too few eligible GPUs on node"
 
-_HOLDS_MEMORY = frozenset(ReplicaState)
 _COUNTS_FOR_AFFINITY = frozenset({ReplicaState.STARTING, ReplicaState.READY})
+_NO_SLEEPER = ("", 0)
 
-
-def _total(fit: float, util: float, locality: float, affinity: float) -> float:
-    # One expression for scores and bounds, so float rounding keeps bound >= score.
-    return ScoreTerms(fit, util, locality, affinity).total
+Key = tuple[int, int]  # (effective free bytes, gpu ordinal)
 
 
 class _Node:
-    __slots__ = (
-        "cached",
-        "cpus",
-        "cpus_promised",
-        "gpus",
-        "labels",
-        "models",
-        "name",
-        "ordinal",
-        "reachable",
-        "read_at",
-    )
+    __slots__ = ("cached", "cpus", "cpus_promised", "gpus", "labels", "models", "name", "ordinal",
+                 "reachable", "read_at")
 
     def __init__(self, reading: NodeReading, ordinal: int) -> None:
         self.name = reading.name
@@ -75,30 +62,15 @@ class _Node:
         self.reachable = reading.reachable
         self.cpus = reading.cpus
         self.cpus_promised = 0.0
-        self.cached: frozenset[str] = reading.cached_versions
+        self.cached: frozenset[str] = frozenset()
         self.models: Counter[str] = Counter()
         self.gpus: list[_Gpu] = []
 
 
 class _Gpu:
-    __slots__ = (
-        "capability",
-        "healthy",
-        "key",
-        "live_free",
-        "mig",
-        "models",
-        "node",
-        "ordinal",
-        "promised_all",
-        "promised_starting",
-        "read_at",
-        "sleeping",
-        "starting",
-        "total",
-        "utilization",
-        "uuid",
-    )
+    __slots__ = ("capability", "healthy", "key", "live_free", "mig", "models", "node", "ordinal",
+                 "promised_all", "promised_starting", "read_at", "sleeping", "starting", "total", "utilization",
+                 "uuid")
 
     def __init__(self, reading: GpuReading, node: _Node, ordinal: int) -> None:
         self.ordinal = ordinal
@@ -109,7 +81,7 @@ class _Gpu:
         self.starting = 0
         self.models: Counter[str] = Counter()
         self.sleeping: dict[str, tuple[str, int]] = {}  # version -> (replica_id, bytes held)
-        self.key: tuple[int, int] | None = None
+        self.key: Key | None = None
         self.read(reading)
 
     def read(self, reading: GpuReading) -> None:
@@ -130,13 +102,13 @@ class ClusterState:
         self._nodes: dict[str, _Node] = {}
         self._gpus: dict[str, _Gpu] = {}
         self._by_ordinal: dict[int, _Gpu] = {}
-        self._index: list[tuple[int, int]] = []  # (effective free bytes, gpu ordinal)
+        self._index: list[Key] = []  # every GPU that can take work
+        self._local_index: dict[str, list[Key]] = {}  # version -> GPUs on nodes with its snapshot
         self._replicas: dict[str, RunningReplica] = {}
-        self._cached_nodes: dict[str, set[str]] = {}  # version -> node names
         self._sleeping: dict[str, set[str]] = {}  # version -> sleeping replica ids
         self._next_node = 0
         self._next_gpu = 0
-        self._reference_bytes = 1  # largest GPU seen: scales memory fit to [0, 1]
+        self._reference_bytes = 1  # the largest GPU seen: scales memory fit to [0, 1]
 
     @classmethod
     def build(cls, snapshot: InventorySnapshot, running: Iterable[RunningReplica] = (),
@@ -154,14 +126,10 @@ class ClusterState:
         """Add a node or replace its readings; GPUs missing from the reading are gone."""
         node = self._nodes.get(reading.name)
         if node is None:
-            node = _Node(reading, self._next_node)
+            node = self._nodes[reading.name] = _Node(reading, self._next_node)
             self._next_node += 1
-            self._nodes[reading.name] = node
-        else:
-            self._set_cached(node, frozenset())
-            node.labels, node.read_at, node.reachable = reading.labels, reading.read_at, reading.reachable
-            node.cpus = reading.cpus
-        self._set_cached(node, reading.cached_versions)
+        node.labels, node.read_at, node.reachable, node.cpus = (
+            reading.labels, reading.read_at, reading.reachable, reading.cpus)
         present = {g.uuid for g in reading.gpus}
         for gone in [g for g in node.gpus if g.uuid not in present]:
             self._unindex(gone)
@@ -169,7 +137,9 @@ class ClusterState:
         node.gpus = [g for g in node.gpus if g.uuid in present]
         for gpu_reading in reading.gpus:
             self.update_gpu(reading.name, gpu_reading)
-        self._reindex_node(node)
+        self.set_cached_versions(reading.name, reading.cached_versions)
+        for gpu in node.gpus:
+            self._reindex(gpu)
 
     def update_gpu(self, node_name: str, reading: GpuReading) -> None:
         """One GPU's new reading (the simulation's fast path; set_node calls it too)."""
@@ -178,24 +148,38 @@ class ClusterState:
         if gpu is None:
             gpu = _Gpu(reading, node, self._next_gpu)
             self._next_gpu += 1
-            self._gpus[gpu.uuid] = gpu
-            self._by_ordinal[gpu.ordinal] = gpu
+            self._gpus[gpu.uuid] = self._by_ordinal[gpu.ordinal] = gpu
             node.gpus.append(gpu)
-            self._account_existing(gpu)
+            for replica in self._replicas.values():
+                if gpu.uuid in replica.gpu_uuids:
+                    self._account_gpu(gpu, replica, +1)
         else:
             gpu.read(reading)
         self._reference_bytes = max(self._reference_bytes, gpu.total)
         self._reindex(gpu)
 
-    def touch_node(self, node_name: str, read_at: float, reachable: bool = True) -> None:
+    def heartbeat(self, node_name: str, at: float) -> None:
+        """The node reported and nothing changed: its readings are as of `at`."""
         node = self._nodes[node_name]
-        node.read_at, node.reachable = read_at, reachable
-        self._reindex_node(node)
+        node.read_at = at
+        for gpu in node.gpus:
+            gpu.read_at = at
 
     def set_cached_versions(self, node_name: str, versions: frozenset[str]) -> None:
         node = self._nodes[node_name]
-        self._set_cached(node, frozenset())
-        self._set_cached(node, versions)
+        for version in node.cached - versions:
+            index = self._local_index[version]
+            for gpu in node.gpus:
+                if gpu.key is not None:
+                    del index[bisect.bisect_left(index, gpu.key)]
+            if not index:
+                del self._local_index[version]
+        for version in versions - node.cached:
+            index = self._local_index.setdefault(version, [])
+            for gpu in node.gpus:
+                if gpu.key is not None:
+                    bisect.insort(index, gpu.key)
+        node.cached = versions
 
     def add_replica(self, replica: RunningReplica) -> None:
         if replica.replica_id in self._replicas:
@@ -216,16 +200,8 @@ class ClusterState:
         self.add_replica(RunningReplica(old.replica_id, old.model, old.version, old.node, old.gpu_uuids,
                                         memory, state, old.cpus))
 
-    def replicas(self) -> list[RunningReplica]:
-        return list(self._replicas.values())
-
-    def gpu_uuids(self) -> list[str]:
-        return list(self._gpus)
-
-    def _account_existing(self, gpu: _Gpu) -> None:
-        for replica in self._replicas.values():
-            if gpu.uuid in replica.gpu_uuids:
-                self._account_gpu(gpu, replica, +1)
+    def replica(self, replica_id: str) -> RunningReplica | None:
+        return self._replicas.get(replica_id)
 
     def _account(self, replica: RunningReplica, sign: int) -> None:
         node = self._nodes.get(replica.node)
@@ -244,10 +220,9 @@ class ClusterState:
 
     @staticmethod
     def _account_gpu(gpu: _Gpu, replica: RunningReplica, sign: int) -> None:
-        memory = sign * replica.gpu_memory_bytes
-        gpu.promised_all += memory
+        gpu.promised_all += sign * replica.gpu_memory_bytes
         if replica.state is ReplicaState.STARTING:
-            gpu.promised_starting += memory
+            gpu.promised_starting += sign * replica.gpu_memory_bytes
             gpu.starting += sign
         if replica.state in _COUNTS_FOR_AFFINITY:
             gpu.models[replica.model] += sign
@@ -257,39 +232,33 @@ class ClusterState:
             else:
                 gpu.sleeping.pop(replica.version, None)
 
-    def _set_cached(self, node: _Node, versions: frozenset[str]) -> None:
-        for version in node.cached:
-            self._cached_nodes.get(version, set()).discard(node.name)
-        node.cached = versions
-        for version in versions:
-            self._cached_nodes.setdefault(version, set()).add(node.name)
-
     def _effective_free(self, gpu: _Gpu) -> int:
         margin = int(gpu.total * self.policy.memory_margin_fraction)
         return min(gpu.live_free - gpu.promised_starting, gpu.total - gpu.promised_all) - margin
 
     def _unindex(self, gpu: _Gpu) -> None:
-        if gpu.key is not None:
-            i = bisect.bisect_left(self._index, gpu.key)
-            del self._index[i]
-            gpu.key = None
+        key = gpu.key
+        if key is None:
+            return
+        del self._index[bisect.bisect_left(self._index, key)]
+        for version in gpu.node.cached:
+            index = self._local_index[version]
+            del index[bisect.bisect_left(index, key)]
+        gpu.key = None
 
     def _reindex(self, gpu: _Gpu) -> None:
         self._unindex(gpu)
         if gpu.healthy and not gpu.mig and gpu.node.reachable:
-            gpu.key = (self._effective_free(gpu), gpu.ordinal)
-            bisect.insort(self._index, gpu.key)
+            gpu.key = key = (self._effective_free(gpu), gpu.ordinal)
+            bisect.insort(self._index, key)
+            for version in gpu.node.cached:
+                bisect.insort(self._local_index[version], key)
 
-    def _reindex_node(self, node: _Node) -> None:
-        for gpu in node.gpus:
-            self._reindex(gpu)
-
-    # --- filters and scores, shared by the indexed walk and the full evaluation ---
+    # --- filters and scores, shared by the walk and the full evaluation -----------
 
     def free_for(self, gpu: _Gpu, request: ReplicaRequest) -> int:
-        """Effective free memory, crediting back what a sleeping instance of this version holds."""
-        sleeper = gpu.sleeping.get(request.version)
-        return self._effective_free(gpu) + (sleeper[1] if sleeper else 0)
+        """Effective free memory, crediting what a sleeping instance of this version holds."""
+        return self._effective_free(gpu) + gpu.sleeping.get(request.version, _NO_SLEEPER)[1]
 
     def node_failures(self, node: _Node, request: ReplicaRequest, now: float) -> list[str]:
         failed = []
@@ -297,8 +266,7 @@ class ClusterState:
             failed.append(UNREACHABLE)
         if now - node.read_at > self.policy.max_telemetry_age_s:
             failed.append(STALE)
-        labels = node.labels
-        if any(labels.get(k) != v for k, v in request.node_labels.items()):
+        if request.node_labels and any(node.labels.get(k) != v for k, v in request.node_labels.items()):
             failed.append(LABELS)
         if request.cpus and node.cpus and node.cpus - node.cpus_promised < request.cpus:
             failed.append(CPUS)
@@ -317,12 +285,10 @@ class ClusterState:
         if gpu.starting:
             failed.append(STARTING)
         margin = int(gpu.total * self.policy.memory_margin_fraction)
-        sleeper = gpu.sleeping.get(request.version)
-        credit = sleeper[1] if sleeper else 0
-        need = request.gpu_memory_bytes
-        if gpu.live_free - gpu.promised_starting - margin + credit < need:
+        room = request.gpu_memory_bytes + margin - gpu.sleeping.get(request.version, _NO_SLEEPER)[1]
+        if gpu.live_free - gpu.promised_starting < room:
             failed.append(MEMORY_LIVE)
-        if gpu.total - gpu.promised_all - margin + credit < need:
+        if gpu.total - gpu.promised_all < room:
             failed.append(MEMORY_PROMISED)
         return failed
 
@@ -333,21 +299,22 @@ class ClusterState:
         leftover = (free - need) / self._reference_bytes
         return 1.0 - leftover if strategy is Strategy.PACK else leftover
 
-    def _generic_rung(self, version: str) -> Rung:
-        return Rung.PEER_SNAPSHOT if self._cached_nodes.get(version) else Rung.ORIGIN
+    def _busy_penalty(self, utilization: float) -> float:
+        threshold = self.policy.utilization_threshold_percent
+        over = max(0.0, min(utilization, 100.0) - threshold) / (100.0 - threshold)
+        return -self.policy.weight_utilization * over if over else 0.0
 
     def score(self, node: _Node, gpus: list[_Gpu], request: ReplicaRequest) -> Placement:
         """Score one candidate (a node and the GPUs it would give); filters are checked elsewhere."""
         policy = self.policy
         wakes = None
+        fit = utilization = 0.0
         if gpus:
             fit = min(self._fit(self.free_for(g, request), request.gpu_memory_bytes) for g in gpus)
-            mean_util = sum(g.utilization for g in gpus) / len(gpus)
-            sleepers = {g.sleeping.get(request.version, ("", 0))[0] for g in gpus}
+            utilization = self._busy_penalty(sum(g.utilization for g in gpus) / len(gpus))
+            sleepers = {g.sleeping.get(request.version, _NO_SLEEPER)[0] for g in gpus}
             if len(sleepers) == 1 and "" not in sleepers:
                 wakes = sleepers.pop()
-        else:
-            fit, mean_util = 0.0, 0.0
         if wakes is not None:
             rung = Rung.SLEEPING
         elif request.version in node.cached:
@@ -360,13 +327,11 @@ class ClusterState:
             affinity = -policy.penalty_same_node
         else:
             affinity = 0.0
-        terms = ScoreTerms(
-            memory_fit=policy.weight_memory_fit * fit,
-            utilization=policy.weight_utilization * (1.0 - min(mean_util, 100.0) / 100.0),
-            locality=policy.rung_points(rung),
-            anti_affinity=affinity,
-        )
+        terms = ScoreTerms(policy.weight_memory_fit * fit, utilization, policy.rung_points(rung), affinity)
         return Placement(node.name, tuple(g.uuid for g in gpus), rung, terms, wakes)
+
+    def _generic_rung(self, version: str) -> Rung:
+        return Rung.PEER_SNAPSHOT if version in self._local_index else Rung.ORIGIN
 
     def _pick_on_node(self, node: _Node, request: ReplicaRequest, now: float) -> list[_Gpu] | None:
         """The k GPUs a node would give, in the strategy's order; None if it has fewer eligible."""
@@ -375,21 +340,26 @@ class ClusterState:
         eligible = [g for g in node.gpus if not self.gpu_failures(g, request, now)]
         if len(eligible) < request.gpu_count:
             return None
-        descending = self.policy.strategy is Strategy.SPREAD
-        eligible.sort(key=lambda g: (self.free_for(g, request), g.ordinal), reverse=descending)
         if self.policy.strategy is Strategy.FIRST_FIT:
             eligible.sort(key=lambda g: g.ordinal)
+        else:
+            eligible.sort(key=lambda g: (self.free_for(g, request), g.ordinal),
+                          reverse=self.policy.strategy is Strategy.SPREAD)
         return eligible[: request.gpu_count]
 
     # --- deciding -------------------------------------------------------------------
 
     def place(self, request: ReplicaRequest, now: float) -> Placement | NoFit:
         if request.gpu_count == 0:
-            return self._best_of(self._cpu_candidates(request, now), request, now)
-        if self.policy.strategy is Strategy.FIRST_FIT:
-            found = self._first_fit(request, now)
-        else:
-            found = self._walk(request, now)
+            candidates = [(self.score(n, [], request), n.ordinal) for n in self._nodes.values()
+                          if not self.node_failures(n, request, now)]
+            if not candidates:
+                return self.no_fit(request, now)
+            if self.policy.strategy is Strategy.FIRST_FIT:
+                return min(candidates, key=lambda c: c[1])[0]
+            return max(candidates, key=lambda c: (c[0].score, -c[1]))[0]
+        found = self._first_fit(request, now) if self.policy.strategy is Strategy.FIRST_FIT \
+            else self._best(request, now)
         return found if found is not None else self.no_fit(request, now)
 
     def _first_fit(self, request: ReplicaRequest, now: float) -> Placement | None:
@@ -406,18 +376,10 @@ class ClusterState:
                         return self.score(node, chosen, request)
         return None
 
-    def _walk(self, request: ReplicaRequest, now: float) -> Placement | None:
-        need, k, policy = request.gpu_memory_bytes, request.gpu_count, self.policy
-        best: Placement | None = None
-        best_key = (float("-inf"), 0)
-
-        def consider(candidate: Placement, ordinal: int) -> None:
-            nonlocal best, best_key
-            key = (candidate.score, -ordinal)
-            if key > best_key:
-                best, best_key = candidate, key
-
-        # Candidates with locality points first: they set a high bar for the walk.
+    def _best(self, request: ReplicaRequest, now: float) -> Placement | None:
+        best: list[tuple[tuple[float, int], Placement]] = []
+        k = request.gpu_count
+        # Sleeping instances first: the highest points, few of them.
         for replica_id in self._sleeping.get(request.version, ()):
             sleeper = self._replicas[replica_id]
             gpus = [self._gpus[u] for u in sleeper.gpu_uuids if u in self._gpus]
@@ -425,47 +387,45 @@ class ClusterState:
             if node is None or len(gpus) != k or self.node_failures(node, request, now):
                 continue
             if not any(self.gpu_failures(g, request, now) for g in gpus):
-                consider(self.score(node, gpus, request), gpus[0].ordinal if k == 1 else node.ordinal)
-        for name in self._cached_nodes.get(request.version, ()):
-            node = self._nodes[name]
-            picked = self._pick_on_node(node, request, now)
-            if picked is not None:
-                consider(self.score(node, picked, request), picked[0].ordinal if k == 1 else node.ordinal)
+                self._consider(best, self.score(node, gpus, request), gpus[0].ordinal if k == 1 else node.ordinal)
+        policy = self.policy
+        local = self._local_index.get(request.version)
+        if local:
+            self._walk(local, policy.points_local_snapshot, request, now, best)
+        self._walk(self._index, policy.rung_points(self._generic_rung(request.version)), request, now, best)
+        return best[0][1] if best else None
 
-        index = self._index
+    @staticmethod
+    def _consider(best: list[tuple[tuple[float, int], Placement]], candidate: Placement, ordinal: int) -> None:
+        key = (candidate.score, -ordinal)
+        if not best:
+            best.append((key, candidate))
+        elif key > best[0][0]:
+            best[0] = (key, candidate)
+
+    def _walk(self, index: list[Key], points: float, request: ReplicaRequest, now: float,
+              best: list[tuple[tuple[float, int], Placement]]) -> None:
+        """Walk one sorted list from the first GPU with enough memory, in the strategy's order,
+        until no GPU further on can beat the best so far (its bound: fit here + `points`)."""
+        need, k, weight = request.gpu_memory_bytes, request.gpu_count, self.policy.weight_memory_fit
         start = bisect.bisect_left(index, (need, -1))
-        spread = policy.strategy is Strategy.SPREAD
+        spread = self.policy.strategy is Strategy.SPREAD
         positions = range(len(index) - 1, start - 1, -1) if spread else range(start, len(index))
-        bar = policy.weight_utilization + policy.rung_points(self._generic_rung(request.version))
         collected: dict[int, list[_Gpu]] = {}
         for i in positions:
             free, ordinal = index[i]
-            if _total(policy.weight_memory_fit * self._fit(free, need), bar, 0.0, 0.0) < best_key[0]:
-                break  # nothing further along can beat the best
+            if best and ScoreTerms(weight * self._fit(free, need), 0.0, points, 0.0).total < best[0][0][0]:
+                return  # the same expression as a score, so float rounding keeps bound >= score
             gpu = self._by_ordinal[ordinal]
-            node = gpu.node
-            if self.gpu_failures(gpu, request, now) or self.node_failures(node, request, now):
+            if self.gpu_failures(gpu, request, now) or self.node_failures(gpu.node, request, now):
                 continue
             if k == 1:
-                consider(self.score(node, [gpu], request), ordinal)
+                self._consider(best, self.score(gpu.node, [gpu], request), ordinal)
                 continue
-            group = collected.setdefault(node.ordinal, [])
+            group = collected.setdefault(gpu.node.ordinal, [])
             group.append(gpu)
             if len(group) == k:
-                consider(self.score(node, group, request), node.ordinal)
-        return best
-
-    def _cpu_candidates(self, request: ReplicaRequest, now: float) -> list[tuple[Placement, int]]:
-        return [(self.score(node, [], request), node.ordinal) for node in self._nodes.values()
-                if not self.node_failures(node, request, now)]
-
-    def _best_of(self, candidates: list[tuple[Placement, int]], request: ReplicaRequest,
-                 now: float) -> Placement | NoFit:
-        if not candidates:
-            return self.no_fit(request, now)
-        if self.policy.strategy is Strategy.FIRST_FIT:
-            return min(candidates, key=lambda c: c[1])[0]
-        return max(candidates, key=lambda c: (c[0].score, -c[1]))[0]
+                self._consider(best, self.score(gpu.node, group, request), gpu.node.ordinal)
 
     # --- the full evaluation: explain, NoFit, and the tests' reference ---------------
 
@@ -504,10 +464,12 @@ class ClusterState:
 
     def no_fit(self, request: ReplicaRequest, now: float) -> NoFit:
         _, failures, considered = self.evaluate_all(request, now)
-        what = f"{request.gpu_count} GPU(s) with {request.gpu_memory_bytes / 2**30:.1f} GiB each" \
-            if request.gpu_count else "a CPU-only replica"
+        if request.gpu_count:
+            what = f"{request.gpu_count} GPU(s) with {request.gpu_memory_bytes / 2**30:.1f} GiB each"
+        else:
+            what = "a CPU-only replica"
         unit = "GPUs" if request.gpu_count else "nodes"
-        reasons = ", ".join(f"{name} on {count} {unit if name != TOO_FEW else 'nodes'}"
+        reasons = ", ".join(f"{name} on {count} {'nodes' if name == TOO_FEW else unit}"
                             for name, count in failures.most_common())
-        message = f"nothing fits {what} for {request.model}: {reasons or 'no nodes in the inventory'}"
-        return NoFit(dict(failures), considered, message)
+        return NoFit(dict(failures), considered,
+                     f"nothing fits {what} for {request.model}: {reasons or 'no nodes in the inventory'}")
