@@ -127,9 +127,9 @@ def task_of(openapi: dict[str, Any]) -> str:
     return "prediction"
 
 
-def version_id(digest: str) -> str:
-    """A version's id: stable for a digest, so a re-push of the same image is the same version."""
-    return hashlib.sha256(digest.encode()).hexdigest()[:32]
+def version_id(namespace: str, model: str, digest: str) -> str:
+    """A version's id: stable for a model and digest, so a re-push of the same image is the same version."""
+    return hashlib.sha256(f"{namespace}/{model}@{digest}".encode()).hexdigest()[:32]
 
 
 def check_name(value: str, what: str) -> str:
@@ -269,13 +269,10 @@ class Registry:
                 raise RegistryError(f"openapi_schema: has no readable Input schema ({e})") from None
         hardware = check_hardware(body.get("hardware"))
         self.create_model(namespace, name, tenant_id, admin)
-        vid = version_id(digest)
+        vid = version_id(namespace, name, digest)
         with self.store.begin(immediate=True) as conn:
             existing = conn.execute(select(versions).where(versions.c.id == vid)).first()
             if existing is not None:
-                if (existing.namespace, existing.model) != (namespace, name):
-                    raise RegistryError(f"digest: this image is already registered as a version of "
-                                        f"{existing.namespace}/{existing.model}", 409)
                 return _version(existing), False
             conn.execute(versions.insert().values(
                 id=vid, namespace=namespace, model=name, image=image, digest=digest, tag=tag_of(image),

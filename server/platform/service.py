@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from scheduler.controller import Controller
 from scheduler.replicas import Lease, ReplicaSet, Unavailable
@@ -68,6 +68,8 @@ class Platform:
         self.cold_starts = Histogram("cogkit_platform_cold_start_seconds",
                                      "Time a request waited for a replica to be ready", ["deployment"],
                                      buckets=COLD_START_BUCKETS, registry=registry_metrics)
+        self.rerouted = Counter("cogkit_platform_rerouted", "Requests a full replica (409) sent back to the queue",
+                                ["deployment"], registry=registry_metrics)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=5),
                                       limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
 
@@ -196,6 +198,7 @@ class Platform:
                 raise replica_broke(deployment, e) from e
             if resp.status_code == 409:
                 rs.release(lease, busy=True)
+                self.rerouted.labels(deployment).inc()
                 continue
             rs.release(lease)
             return _prediction(resp, deployment)
@@ -224,6 +227,7 @@ class Platform:
             if resp.status_code == 409:
                 await resp.aclose()
                 rs.release(lease, busy=True)
+                self.rerouted.labels(deployment).inc()
                 continue
             broke = False
             try:

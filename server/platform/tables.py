@@ -27,7 +27,7 @@ models = Table(
 
 versions = Table(
     "platform_versions", metadata,
-    Column("id", Text, primary_key=True),                    # sha256 hex of the image digest, like Replicate's
+    Column("id", Text, primary_key=True),                    # from ns/model + digest (registry.version_id)
     Column("namespace", Text, nullable=False),
     Column("model", Text, nullable=False),
     Column("image", Text, nullable=False),                   # the pushed reference (with its tag)
