@@ -256,10 +256,6 @@ class ClusterState:
 
     # --- filters and scores, shared by the walk and the full evaluation -----------
 
-    def free_for(self, gpu: _Gpu, request: ReplicaRequest) -> int:
-        """Effective free memory, crediting what a sleeping instance of this version holds."""
-        return self._effective_free(gpu) + gpu.sleeping.get(request.version, _NO_SLEEPER)[1]
-
     def node_failures(self, node: _Node, request: ReplicaRequest, now: float) -> list[str]:
         failed = []
         if not node.reachable:
@@ -272,7 +268,9 @@ class ClusterState:
             failed.append(CPUS)
         return failed
 
-    def gpu_failures(self, gpu: _Gpu, request: ReplicaRequest, now: float) -> list[str]:
+    def gpu_failures(self, gpu: _Gpu, request: ReplicaRequest, now: float, wake: bool = False) -> list[str]:
+        """Every filter this GPU fails. `wake`: the candidate wakes this version's sleeping
+        instance here, so the memory that instance holds counts as free."""
         failed = []
         if not gpu.healthy:
             failed.append(UNHEALTHY)
@@ -285,7 +283,8 @@ class ClusterState:
         if gpu.starting:
             failed.append(STARTING)
         margin = int(gpu.total * self.policy.memory_margin_fraction)
-        room = request.gpu_memory_bytes + margin - gpu.sleeping.get(request.version, _NO_SLEEPER)[1]
+        held = gpu.sleeping.get(request.version, _NO_SLEEPER)[1] if wake else 0
+        room = request.gpu_memory_bytes + margin - held
         if gpu.live_free - gpu.promised_starting < room:
             failed.append(MEMORY_LIVE)
         if gpu.total - gpu.promised_all < room:
@@ -307,14 +306,12 @@ class ClusterState:
     def score(self, node: _Node, gpus: list[_Gpu], request: ReplicaRequest) -> Placement:
         """Score one candidate (a node and the GPUs it would give); filters are checked elsewhere."""
         policy = self.policy
-        wakes = None
+        wakes = self._sleeper_on(gpus, request)
         fit = utilization = 0.0
         if gpus:
-            fit = min(self._fit(self.free_for(g, request), request.gpu_memory_bytes) for g in gpus)
+            frees = [self._effective_free(g) + (g.sleeping[request.version][1] if wakes else 0) for g in gpus]
+            fit = min(self._fit(free, request.gpu_memory_bytes) for free in frees)
             utilization = self._busy_penalty(sum(g.utilization for g in gpus) / len(gpus))
-            sleepers = {g.sleeping.get(request.version, _NO_SLEEPER)[0] for g in gpus}
-            if len(sleepers) == 1 and "" not in sleepers:
-                wakes = sleepers.pop()
         if wakes is not None:
             rung = Rung.SLEEPING
         elif request.version in node.cached:
@@ -330,6 +327,29 @@ class ClusterState:
         terms = ScoreTerms(policy.weight_memory_fit * fit, utilization, policy.rung_points(rung), affinity)
         return Placement(node.name, tuple(g.uuid for g in gpus), rung, terms, wakes)
 
+    def _sleeper_on(self, gpus: list[_Gpu], request: ReplicaRequest) -> str | None:
+        """The sleeping instance of this version that holds exactly these GPUs, if any."""
+        sleepers = {g.sleeping.get(request.version, _NO_SLEEPER)[0] for g in gpus}
+        if len(sleepers) != 1 or "" in sleepers:
+            return None
+        replica_id = sleepers.pop()
+        return replica_id if len(self._replicas[replica_id].gpu_uuids) == len(gpus) else None
+
+    def _sleeper_candidates(self, request: ReplicaRequest, now: float) -> list[tuple[Placement, int]]:
+        """Waking a sleeping instance of this version, where its GPUs pass every filter."""
+        found = []
+        for replica_id in sorted(self._sleeping.get(request.version, ())):
+            sleeper = self._replicas[replica_id]
+            gpus = [self._gpus[u] for u in sleeper.gpu_uuids if u in self._gpus]
+            node = self._nodes.get(sleeper.node)
+            if node is None or len(gpus) != request.gpu_count or len(gpus) != len(sleeper.gpu_uuids):
+                continue
+            if self.node_failures(node, request, now) or any(self.gpu_failures(g, request, now, wake=True)
+                                                             for g in gpus):
+                continue
+            found.append((self.score(node, gpus, request), gpus[0].ordinal if len(gpus) == 1 else node.ordinal))
+        return found
+
     def _generic_rung(self, version: str) -> Rung:
         return Rung.PEER_SNAPSHOT if version in self._local_index else Rung.ORIGIN
 
@@ -343,7 +363,7 @@ class ClusterState:
         if self.policy.strategy is Strategy.FIRST_FIT:
             eligible.sort(key=lambda g: g.ordinal)
         else:
-            eligible.sort(key=lambda g: (self.free_for(g, request), g.ordinal),
+            eligible.sort(key=lambda g: (self._effective_free(g), g.ordinal),
                           reverse=self.policy.strategy is Strategy.SPREAD)
         return eligible[: request.gpu_count]
 
@@ -364,13 +384,15 @@ class ClusterState:
 
     def _first_fit(self, request: ReplicaRequest, now: float) -> Placement | None:
         need, k = request.gpu_memory_bytes, request.gpu_count
+        sleepers = self._sleeper_candidates(request, now)
+        if sleepers:  # waking beats starting, whatever the policy
+            return min(sleepers, key=lambda c: c[1])[0]
         for node in self._nodes.values():
             if len(node.gpus) < k or self.node_failures(node, request, now):
                 continue
             chosen = []
             for gpu in node.gpus:
-                roomy = (gpu.key is not None and gpu.key[0] >= need) or request.version in gpu.sleeping
-                if roomy and not self.gpu_failures(gpu, request, now):
+                if gpu.key is not None and gpu.key[0] >= need and not self.gpu_failures(gpu, request, now):
                     chosen.append(gpu)
                     if len(chosen) == k:
                         return self.score(node, chosen, request)
@@ -378,16 +400,8 @@ class ClusterState:
 
     def _best(self, request: ReplicaRequest, now: float) -> Placement | None:
         best: list[tuple[tuple[float, int], Placement]] = []
-        k = request.gpu_count
-        # Sleeping instances first: the highest points, few of them.
-        for replica_id in self._sleeping.get(request.version, ()):
-            sleeper = self._replicas[replica_id]
-            gpus = [self._gpus[u] for u in sleeper.gpu_uuids if u in self._gpus]
-            node = self._nodes.get(sleeper.node)
-            if node is None or len(gpus) != k or self.node_failures(node, request, now):
-                continue
-            if not any(self.gpu_failures(g, request, now) for g in gpus):
-                self._consider(best, self.score(node, gpus, request), gpus[0].ordinal if k == 1 else node.ordinal)
+        for candidate, ordinal in self._sleeper_candidates(request, now):  # the highest points, few of them
+            self._consider(best, candidate, ordinal)
         policy = self.policy
         local = self._local_index.get(request.version)
         if local:
@@ -449,15 +463,19 @@ class ClusterState:
                 if not failed:
                     eligible.append(gpu)
             if request.gpu_count == 1:
-                ranked.extend((self.score(node, [g], request), g.ordinal) for g in eligible)
+                ranked.extend((self.score(node, [g], request), g.ordinal) for g in eligible
+                              if self._sleeper_on([g], request) is None)
             elif len(eligible) >= request.gpu_count:
                 picked = self._pick_on_node(node, request, now)
                 assert picked is not None
-                ranked.append((self.score(node, picked, request), node.ordinal))
+                if self._sleeper_on(picked, request) is None:
+                    ranked.append((self.score(node, picked, request), node.ordinal))
             elif eligible:
                 failures[TOO_FEW] += 1
+        if request.gpu_count:
+            ranked.extend(self._sleeper_candidates(request, now))
         if self.policy.strategy is Strategy.FIRST_FIT:
-            ranked.sort(key=lambda c: c[1])
+            ranked.sort(key=lambda c: (c[0].wakes is None, c[1]))
         else:
             ranked.sort(key=lambda c: (-c[0].score, c[1]))
         return [c for c, _ in ranked], failures, considered
