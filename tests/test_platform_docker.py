@@ -225,8 +225,9 @@ def test_docker_kill_mid_prediction_then_a_new_replica(platform, pushed) -> None
     resp = result["r"]
     assert resp.status_code == 502, resp.text
     assert "stopped during the prediction" in resp.json()["error"]["message"]
-    [new] = p.ready("text-stream")
-    assert new["id"] != replica["id"]
+    until(lambda: [r for r in _live(p, "text-stream") if r["state"] == "ready" and r["id"] != replica["id"]],
+          120, "a new ready replica")
+    assert [r["id"] for r in _live(p, "text-stream")] != [replica["id"]]
     failure = p.status("text-stream")["last_failure"]
     assert "exit code 137" in failure["reason"]
     ok = p.run("text-stream", {"prompt": "back again"})
@@ -391,7 +392,7 @@ def test_replicate_api_prefer_wait_stream_cancel_and_webhooks(platform, pushed) 
 
     client = replicate.Client(api_token=p.key, base_url=p.url)
     streamed = client.predictions.create(model=model, input={"text": "abc", "delay": 0.05}, stream=True)
-    events = [(e.event, e.data) for e in streamed.stream()]
+    events = [(getattr(e.event, "value", e.event), e.data) for e in streamed.stream()]
     assert [d for e, d in events if e == "output"] == [">a", "b", "c"] and events[-1][0] == "done"
     slow = client.predictions.create(model=model, input={"text": "abcdefghijklmnopqrstuvwxyz", "delay": 0.5})
     until(lambda: (slow.reload() or slow.status) == "processing", 30, "the slow prediction running")
