@@ -29,7 +29,7 @@ nodes:
     gpus: {{count: 1, name: Simulated GPU, memory: 24GiB, compute_capability: "8.0"}}
 """
 
-EXAMPLES_OPT = typer.Option(None, "--examples", help="Directory of example models (default: examples/models here)")
+EXAMPLES_OPT = typer.Option(None, "--examples-dir", help="Directory of example models (default: examples/models here)")
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="A gateway config to start from")
 
 
@@ -39,6 +39,7 @@ def up(
     examples: Path | None = EXAMPLES_OPT,
     deploy_examples: bool = typer.Option(True, "--examples/--no-examples", help="Build and deploy the examples"),
     config: Path | None = CONFIG_OPT,
+    namespace: str = typer.Option("examples", "--namespace", help="Namespace of the example models"),
 ) -> None:
     """Start the platform here, deploy the example models, print how to call them. Ctrl-C stops it."""
     import uvicorn
@@ -65,9 +66,13 @@ def up(
     typer.echo(f"cogkit platform on {url} (store {app.state.gateway.store!r}); Ctrl-C stops it")
     if deploy_examples:
         root = examples or Path(__file__).resolve().parent.parent / "examples" / "models"
-        worker = threading.Thread(target=_deploy_all, args=(server, url, key, registry, root), daemon=True)
+        worker = threading.Thread(target=_deploy_all, args=(server, url, key, registry, root, namespace),
+                                  daemon=True)
         worker.start()
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass     # uvicorn re-raises the Ctrl-C it handled, after the clean shutdown
     typer.echo("Stopped; the replicas were stopped and removed.")
 
 
@@ -99,7 +104,7 @@ def _admin_key(gateway: Any, home: Path) -> str:
     return key
 
 
-def _deploy_all(server: Any, url: str, key: str, registry: str, root: Path) -> None:
+def _deploy_all(server: Any, url: str, key: str, registry: str, root: Path, ns: str) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     if not _wait_started(server):
@@ -110,23 +115,23 @@ def _deploy_all(server: Any, url: str, key: str, registry: str, root: Path) -> N
                   TimeElapsedColumn(), transient=False) as progress:
         for name in names:
             task = progress.add_task("build", model=name, total=None)
-            ref = f"{registry}/examples/{name}:latest"
+            ref = f"{registry}/{ns}/{name}:latest"
             steps = ((["build", "-t", ref, "--project", str(root / name)], "build"),
                      (["push", ref, "--platform", url, "--token", key], "push"))
             if all(_step(progress, task, args, what) for args, what in steps):
                 try:
-                    httpx.put(f"{url}/v1/deployments/examples/{name}", timeout=30,
+                    httpx.put(f"{url}/v1/deployments/{ns}/{name}", timeout=30,
                               headers={"authorization": f"Bearer {key}"},
-                              json={"model": f"examples/{name}", "min_replicas": 0, "max_replicas": 2,
+                              json={"model": f"{ns}/{name}", "min_replicas": 0, "max_replicas": 2,
                                     "idle_timeout": 600}).raise_for_status()
                 except httpx.HTTPError as e:
                     progress.update(task, description=f"[red]deploy failed: {e}")
                     continue
                 progress.update(task, description="cold start: starting a replica")
                 deployed.append(name)
-                _first_call(progress, task, url, key, name)
+                _first_call(progress, task, url, key, f"{ns}/{name}")
             progress.update(task, total=1, completed=1)
-    _print_usage(url, key, deployed)
+    _print_usage(url, key, [f"{ns}/{n}" for n in deployed])
 
 
 def _wait_started(server: Any) -> bool:
@@ -155,14 +160,14 @@ def _step(progress: Any, task: Any, args: list[str], what: str) -> bool:
 
 
 def _first_call(progress: Any, task: Any, url: str, key: str, name: str) -> None:
-    schema = httpx.get(f"{url}/v1/models/examples/{name}", headers={"authorization": f"Bearer {key}"},
+    schema = httpx.get(f"{url}/v1/models/{name}", headers={"authorization": f"Bearer {key}"},
                        timeout=30).json().get("input_schema") or {}
     required = schema.get("required") or []
     if required:   # inputs we cannot make up: the replica starts on the first real call instead
         progress.update(task, description="deployed (scales from zero on the first call)")
         return
     try:
-        resp = httpx.post(f"{url}/ai/run/@examples/{name}", json={}, timeout=600,
+        resp = httpx.post(f"{url}/ai/run/@{name}", json={}, timeout=600,
                           headers={"authorization": f"Bearer {key}"})
     except httpx.HTTPError as e:
         progress.update(task, description=f"[red]first call failed: {type(e).__name__}")
@@ -173,7 +178,7 @@ def _first_call(progress: Any, task: Any, url: str, key: str, name: str) -> None
 
 
 def _print_usage(url: str, key: str, deployed: list[str]) -> None:
-    model = f"@examples/{deployed[0]}" if deployed else "@examples/hello-world"
+    model = f"@{deployed[0]}" if deployed else "@examples/hello-world"
     typer.echo(f"""
 The platform is up. Admin key: {key}
 
@@ -187,5 +192,5 @@ The platform is up. Admin key: {key}
 
   from openai import OpenAI;  OpenAI(base_url="{url}/v1", api_key="{key}")   # for chat models
 
-Models: {", ".join("@examples/" + n for n in deployed) or "none deployed"}. Ctrl-C stops the platform.
+Models: {", ".join("@" + n for n in deployed) or "none deployed"}. Ctrl-C stops the platform.
 """)
