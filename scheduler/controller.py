@@ -333,9 +333,7 @@ class Controller:
         state.replicas.drain(tracked.replica.id)
 
         async def finish() -> None:
-            replica = state.replicas.replicas.get(tracked.replica.id)
-            while replica is not None and replica.outstanding > 0:
-                await asyncio.sleep(0.05)      # in-process counter, no I/O: checked until it drops to 0
+            await state.replicas.drained(tracked.replica.id)
             await asyncio.to_thread(self.runtime.stop, tracked.replica.id, 10)
             self._forget(state, tracked.replica.id)
             self.wake()

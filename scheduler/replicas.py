@@ -64,6 +64,7 @@ class ReplicaSet:
         self.on_demand = on_demand or (lambda: None)
         self.replicas: dict[str, Replica] = {}
         self._waiters: deque[asyncio.Future[Replica]] = deque()
+        self._idle: dict[str, asyncio.Event] = {}     # replica id -> set when nothing is in flight on it
 
     # ---- the gateway's side ----
     async def acquire(self, timeout: float | None = None) -> Lease:
@@ -120,6 +121,9 @@ class ReplicaSet:
             replica.full = False
         if replica.outstanding == 0:
             replica.idle_since = time.monotonic()
+            idle = self._idle.pop(replica.id, None)
+            if idle is not None:
+                idle.set()
         self._dispatch()
 
     def _pick(self) -> Replica | None:
@@ -153,8 +157,18 @@ class ReplicaSet:
         if replica_id in self.replicas:
             self.replicas[replica_id].draining = True
 
+    async def drained(self, replica_id: str) -> None:
+        """Returns once the replica has nothing in flight (drain it first, or more may come)."""
+        replica = self.replicas.get(replica_id)
+        if replica is None or replica.outstanding == 0:
+            return
+        await self._idle.setdefault(replica_id, asyncio.Event()).wait()
+
     def remove(self, replica_id: str) -> None:
         self.replicas.pop(replica_id, None)
+        idle = self._idle.pop(replica_id, None)
+        if idle is not None:
+            idle.set()
 
     def fail_waiters(self, message: str, retry_after: float) -> None:
         """The deployment cannot start a replica now (crash back-off, no room): tell the queue at once."""

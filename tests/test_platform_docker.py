@@ -142,7 +142,8 @@ def platform(engine, tmp_path) -> Iterator[Callable[..., Platform]]:
     instance = f"h5test-{uuid.uuid4().hex[:8]}"
     config = {"state_dir": str(tmp_path / "state"), "platform": {"interval": 0.3, "instance": instance}}
 
-    def start(name: str = "gw", key: str | None = None) -> Platform:
+    def start(name: str = "gw", key: str | None = None, **platform_config: Any) -> Platform:
+        config["platform"].update(platform_config)
         gw = GatewayProc(config, tmp_path, name)
         procs.append(gw)
         if key is None:
@@ -232,6 +233,10 @@ def test_docker_kill_mid_prediction_then_a_new_replica(platform, pushed) -> None
     assert "exit code 137" in failure["reason"]
     ok = p.run("text-stream", {"prompt": "back again"})
     assert ok.status_code == 200 and "".join(ok.json()["output"]) == "back again"
+    rows = {r["request_id"]: r for r in _usage(p, 2)}
+    billed = rows[ok.headers["x-cogkit-request-id"]]
+    assert billed["output_tokens"] == 2 and billed["metadata"]["predict_time"] > 0   # the model's own metrics
+    assert rows[resp.headers["x-cogkit-request-id"]]["status"] == "error"          # the killed one: billed once
 
 
 def _live(p: Platform, model: str) -> list[dict]:
@@ -261,6 +266,23 @@ def test_kill_9_the_platform_then_replicas_are_adopted(platform, pushed) -> None
     assert sorted(c["Id"] for c in again.containers()) == before   # adopted, none duplicated
     rows = _usage(again, 2)
     assert len(rows) == 2 and len({r["request_id"] for r in rows}) == 2
+
+
+def test_gpu_replicas_are_placed_through_the_inventory(platform, pushed, tmp_path) -> None:
+    """A simulated inventory (one 24 GiB GPU): a replica needing more fits nowhere, and the reason
+    shows; one that fits gets the GPU placement chose, which this engine (no NVIDIA runtime) refuses."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("nodes:\n  - name: sim\n    cpus: 4\n    memory: 16GiB\n"
+                         "    gpus: {count: 1, memory: 24GiB}\n")
+    p = platform(inventory=str(inventory))
+    p.register(pushed["hello-world"], "hello-world")
+    p.deploy("hello-world", name=f"h5test-{RUN_ID}/too-big", min_replicas=1, max_replicas=1,
+             hardware={"gpus": 1, "gpu_memory_mb": 100_000})
+    p.deploy("hello-world", min_replicas=1, max_replicas=1, hardware={"gpus": 1, "gpu_memory_mb": 1000})
+    too_big = until(lambda: p.status("too-big").get("last_failure"), 60, "the placement failure")
+    assert too_big["reason"].startswith("no room to place a replica")
+    fits = until(lambda: p.status("hello-world").get("last_failure"), 60, "the start failure")
+    assert "gpu" in fits["reason"].lower() and not fits["reason"].startswith("no room"), fits
 
 
 # ---------------------------------------------------------------- one test per rule

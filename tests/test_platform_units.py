@@ -103,6 +103,20 @@ def test_a_draining_replica_gets_no_new_request() -> None:
     asyncio.run(go())
 
 
+def test_drained_waits_for_what_is_in_flight() -> None:
+    async def go() -> None:
+        rs = ReplicaSet("d")
+        rs.add("a", "http://a", 2)
+        lease = await rs.acquire(timeout=1)
+        rs.drain("a")
+        drained = asyncio.ensure_future(rs.drained("a"))
+        await asyncio.sleep(0)
+        assert not drained.done()
+        rs.release(lease)
+        await asyncio.wait_for(drained, 1)
+    asyncio.run(go())
+
+
 # ---------------------------------------------------------------- autoscaler
 def test_scale_up_only_when_load_stays_above_target() -> None:
     policy = ScalePolicy(min_replicas=1, max_replicas=3, target=1.0, sustain=2.0)

@@ -11,4 +11,3 @@ class PlatformConfig(BaseModel):
     interval: float = 1.0                   # seconds between reconcile passes (a waiting request wakes it at once)
     stop_replicas_on_exit: bool = True      # a clean stop leaves no container behind (kill -9 leaves them: adopted)
     inventory: str | None = None            # a simulated GPU inventory (YAML); default: NVML if present, else none
-    deployments_file: str | None = None     # deployments declared in YAML, applied on start

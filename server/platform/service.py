@@ -181,7 +181,7 @@ class Platform:
         except Unavailable as e:
             raise UpstreamError(e.message, 503, "http", retry_after=e.retry_after,
                                 body={"code": "no_replica"}) from None
-        if lease.waited_s > 0:
+        if lease.cold:
             self.cold_starts.labels(deployment).observe(lease.waited_s)
         note_cold_start(lease)
         return lease
@@ -263,9 +263,11 @@ def note_cold_start(lease: Lease) -> None:
     if call is not None:
         call.extra_headers["x-cogkit-replica"] = lease.replica.id[:12]
     if call is not None and lease.waited_s > 0:
+        # A cold start: no replica at all when it arrived; else it queued behind busy ones.
+        name = "cold_start_ms" if lease.cold else "queue_ms"
         ms = lease.waited_s * 1000
-        call.extra_headers["x-cogkit-cold-start-ms"] = f"{ms:.0f}"
-        call.metadata["cold_start_ms"] = round(ms)
+        call.extra_headers[f"x-cogkit-{name.replace('_', '-')}"] = f"{ms:.0f}"
+        call.metadata[name] = round(ms)
 
 
 def note_metrics(prediction: Any) -> None:
