@@ -30,7 +30,13 @@ from scheduler.autoscaler import (
     desired_replicas,
     idle_to_drain,
 )
-from scheduler.placement.model import NoFit, Placement, ReplicaRequest, RunningReplica
+from scheduler.placement.model import (
+    NoFit,
+    Placement,
+    ReplicaRequest,
+    ReplicaState,
+    RunningReplica,
+)
 from scheduler.replicas import ReplicaSet
 from scheduler.runtimes.base import (
     LABEL_DEPLOYMENT,
@@ -301,7 +307,8 @@ class Controller:
             running = [RunningReplica(t.replica.id, spec.model, t.replica.labels.get(LABEL_VERSION, ""),
                                       t.replica.labels.get(LABEL_NODE, "local"),
                                       tuple(filter(None, t.replica.labels.get(LABEL_DEVICES, "").split(","))),
-                                      spec.gpu_memory_bytes)
+                                      spec.gpu_memory_bytes,
+                                      ReplicaState.READY if t.ready else ReplicaState.STARTING)
                        for s in self.states.values() for t in s.tracked.values() if not t.stopping]
             request = ReplicaRequest(spec.model, spec.version_id, spec.gpus, spec.gpu_memory_bytes,
                                      cpus=spec.cpus or 0.0)

@@ -2,6 +2,7 @@
 own 127.0.0.1 port), pulled from the registry by digest, GPUs by device request."""
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,13 +34,20 @@ def command_for(image_cmd: list[str] | None, port: int) -> tuple[list[str] | Non
     return None, {"PORT": str(port), "HOST": "127.0.0.1"}
 
 
+def stored_credentials(host: str) -> dict[str, str] | None:
+    """What `cogkit login HOST` stored, so replicas pull from a registry with passwords as push did.
+    (Imported by name: the build package is untyped and not part of the scheduler.)"""
+    found: dict[str, str] | None = importlib.import_module("cogkit.build.registry").credentials(host)
+    return found
+
+
 class DockerRuntime:
     def __init__(self, client: Any | None = None, progress: Progress | None = None,
                  credentials: Callable[[str], dict[str, str] | None] | None = None) -> None:
         # APIClient, not DockerClient: one call per engine request, nothing cached behind our back.
         self.client = client or docker.APIClient(version="auto", timeout=600, **docker.utils.kwargs_from_env())
         self.progress = progress or (lambda _line: None)
-        self.credentials = credentials or (lambda _host: None)
+        self.credentials = credentials or stored_credentials
 
     # ---- images ----
     def ensure_image(self, image: str) -> dict[str, Any]:
