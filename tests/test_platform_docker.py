@@ -415,12 +415,38 @@ def test_replicate_api_prefer_wait_stream_cancel_and_webhooks(platform, pushed) 
     client = replicate.Client(api_token=p.key, base_url=p.url)
     streamed = client.predictions.create(model=model, input={"text": "abc", "delay": 0.05}, stream=True)
     events = [(getattr(e.event, "value", e.event), e.data) for e in streamed.stream()]
-    assert [d for e, d in events if e == "output"] == [">a", "b", "c"] and events[-1][0] == "done"
+    assert [d for e, d in events if e == "output"] == [">a", "b", "c"]
     slow = client.predictions.create(model=model, input={"text": "abcdefghijklmnopqrstuvwxyz", "delay": 0.5})
     until(lambda: (slow.reload() or slow.status) == "processing", 30, "the slow prediction running")
     slow.cancel()
     until(lambda: (slow.reload() or slow.status) == "canceled", 30, "cancelled")
     hook.close()
+    deployed = client.deployments.predictions.create(model, input={"text": "d", "delay": 0})
+    deployed.wait()
+    assert deployed.status == "succeeded" and deployed.output == [">d"]
+
+
+def test_replicate_file_outputs_are_urls_the_platform_serves(platform, pushed) -> None:
+    import io
+
+    import replicate
+    from PIL import Image
+    p = platform()
+    p.register(pushed["image-filter"], "image-filter")
+    p.deploy("image-filter", min_replicas=0, max_replicas=1)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(buf, format="PNG")
+    client = replicate.Client(api_token=p.key, base_url=p.url)
+    try:
+        out = client.run(f"h5test-{RUN_ID}/image-filter", input={"image": io.BytesIO(buf.getvalue()), "size": 20})
+    except replicate.exceptions.ModelError:
+        raise AssertionError(f"{p.status('image-filter')}\n{p.gw.logs()[-3000:]}") from None
+    assert out.startswith(f"{p.url}/v1/files/")        # (the client wraps https URLs only; this one is http)
+    with p.http() as c:
+        image = Image.open(io.BytesIO(c.get(out).content))
+    assert image.size == (20, 10) and image.mode == "L"              # grayscale, resized: the model's output
+    with httpx.Client() as anonymous:
+        assert anonymous.get(out).status_code == 401              # served to callers with a key only
 
 
 class _Hook:

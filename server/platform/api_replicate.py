@@ -3,11 +3,13 @@ gateway) and anything written for Replicate work against one's own platform:
 
     POST /v1/models/{owner}/{name}/predictions     {"input", "webhook", "webhook_events_filter", "stream"}
     POST /v1/predictions                           the same with "version": an id, or "owner/name[:ref]"
+    POST /v1/deployments/{owner}/{name}/predictions  the version that deployment runs
     GET  /v1/predictions                           {"next", "previous", "results"}
     GET  /v1/predictions/{id}
     POST /v1/predictions/{id}/cancel
     GET  /v1/predictions/{id}/stream               SSE: output, logs, error, done
-    GET  /v1/files/{name}                          file outputs
+    POST /v1/files                                 upload a file input (multipart `content`)
+    GET  /v1/files/{name}                          file inputs and outputs
 
 `Prefer: wait` (or `wait=N`, at most 60 s) answers once the prediction ends or N seconds pass,
 with the prediction as it stands. Errors are Replicate's {"detail", "status", "title"}; a bad
@@ -16,8 +18,13 @@ input is a 422 with its `invalid_fields`, before any replica is touched.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import mimetypes
 import re
+import time
 from collections.abc import AsyncIterator
+from email.parser import BytesParser
+from email.policy import HTTP
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -30,6 +37,7 @@ from server.platform.service import PROVIDER, InputError
 
 router = APIRouter()
 WAIT_DEFAULT, WAIT_MAX = 60.0, 60.0
+MAX_UPLOAD = 100_000_000     # bytes of one uploaded file
 PREFER_WAIT = re.compile(r"\bwait(?:\s*=\s*(\d+(?:\.\d+)?))?\b")
 
 
@@ -68,7 +76,8 @@ async def _create(request: Request, model_string: str) -> Response:
         return problem(404, f"{model_string.lstrip('@')} is not a model of this platform")
     version = gw.platform.version(call.resolved.version)
     try:
-        inputs = gw.platform.validate(version, inputs)
+        inputs = gw.platform.validate(version, await asyncio.to_thread(gw.platform.files.inline, inputs,
+                                                                       _base_url(request)))
     except InputError as e:
         return JSONResponse({"detail": e.message, "status": 422, "title": "Input validation failed",
                              "invalid_fields": [{"type": "invalid", "field": e.field or "input",
@@ -105,6 +114,17 @@ async def _create(request: Request, model_string: str) -> Response:
 @router.post("/v1/models/{owner}/{name}/predictions")
 async def create_model_prediction(request: Request, owner: str, name: str) -> Response:
     return await _create(request, f"@{owner}/{name}")
+
+
+@router.post("/v1/deployments/{owner}/{name}/predictions")
+async def create_deployment_prediction(request: Request, owner: str, name: str) -> Response:
+    """Replicate's call of a deployment by its name: the version it runs."""
+    gw = request.app.state.gateway
+    d = await asyncio.to_thread(gw.platform.deployments.get, f"{owner}/{name}")
+    if d is None:
+        return problem(404, f"there is no deployment {owner}/{name}")
+    model = f"@{d.model_name}" + (f":{d.version_id}" if d.version_id else "")
+    return await _create(request, model)
 
 
 @router.post("/v1/predictions")
@@ -181,6 +201,53 @@ async def stream_prediction(request: Request, pid: str) -> Response:
                 return
             await p.changed.wait()
     return StreamingResponse(events(p), media_type="text/event-stream", headers={"cache-control": "no-store"})
+
+
+@router.post("/v1/files")
+async def upload_file(request: Request) -> Response:
+    """Replicate's file upload (multipart, field `content`), as the replicate client sends file inputs."""
+    gw = request.app.state.gateway
+    await gw.authenticate(request)
+    body = await request.body()
+    if len(body) > MAX_UPLOAD:
+        return problem(413, f"the file is larger than {MAX_UPLOAD // 1_000_000} MB")
+    part = _multipart_file(request.headers.get("content-type", ""), body)
+    if part is None:
+        return problem(422, "content: expected a multipart/form-data body with a file in `content`")
+    filename, mime, data = part
+    if mime == "application/octet-stream":
+        mime = mimetypes.guess_type(filename)[0] or sniff(data) or mime
+    name = await asyncio.to_thread(gw.platform.files.save, data, mime)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return JSONResponse({"id": name, "name": filename, "content_type": mime, "size": len(data),
+                         "etag": hashlib.sha256(data).hexdigest(),
+                         "checksums": {"sha256": hashlib.sha256(data).hexdigest()}, "metadata": {},
+                         "created_at": now, "expires_at": None,
+                         "urls": {"get": f"{_base_url(request)}/v1/files/{name}"}}, status_code=201)
+
+
+MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+         (b"%PDF", "application/pdf"), (b"RIFF", "audio/wav"))
+
+
+def sniff(data: bytes) -> str | None:
+    """A file's type from its first bytes, when the upload said only octet-stream."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in MAGIC if data.startswith(magic)), None)
+
+
+def _multipart_file(content_type: str, body: bytes) -> tuple[str, str, bytes] | None:
+    """(filename, content type, bytes) of the `content` part (the standard library's MIME parser)."""
+    if not content_type.startswith("multipart/form-data"):
+        return None
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "content":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                return part.get_filename() or "file", part.get_content_type(), data
+    return None
 
 
 @router.get("/v1/files/{name}")

@@ -96,14 +96,32 @@ class Files:
         if not isinstance(value, str) or not value.startswith("data:") or ";base64," not in value[:200]:
             return value
         head, _, payload = value.partition(";base64,")
-        mime = head[5:] or "application/octet-stream"
-        data = base64.b64decode(payload)
-        name = hashlib.sha256(data).hexdigest()[:32] + (mimetypes.guess_extension(mime) or "")
+        return f"{base_url}/v1/files/{self.save(base64.b64decode(payload), head[5:])}"
+
+    def save(self, data: bytes, mime: str) -> str:
+        """The file's name: its content hash (unguessable, and the same bytes are kept once)."""
+        name = hashlib.sha256(data).hexdigest()[:32] + (mimetypes.guess_extension(mime or "") or "")
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
         if not path.exists():
             path.write_bytes(data)
-        return f"{base_url}/v1/files/{name}"
+        return name
+
+    def inline(self, value: Any, base_url: str) -> Any:
+        """Our own file URLs in inputs (the replicate client uploads files first) as data URIs, so a
+        replica never has to call the platform back with a key."""
+        if isinstance(value, list):
+            return [self.inline(v, base_url) for v in value]
+        if isinstance(value, dict):
+            return {k: self.inline(v, base_url) for k, v in value.items()}
+        prefix = f"{base_url}/v1/files/"
+        if not isinstance(value, str) or not value.startswith(prefix):
+            return value
+        path = self.path(value[len(prefix):])
+        if path is None:
+            return value        # not ours after all: the replica fetches it, or says why not
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
     def path(self, name: str) -> Path | None:
         if "/" in name or name.startswith("."):
