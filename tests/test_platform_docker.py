@@ -239,6 +239,29 @@ def test_docker_kill_mid_prediction_then_a_new_replica(platform, pushed) -> None
     assert rows[resp.headers["x-cogkit-request-id"]]["status"] == "error"          # the killed one: billed once
 
 
+def test_openai_sdk_calls_a_chat_shaped_platform_model(platform, pushed) -> None:
+    """text-stream takes a `prompt` (and `max_tokens`): /v1/chat/completions maps a chat onto it."""
+    import openai
+    p = platform()
+    p.register(pushed["text-stream"], "text-stream")
+    p.register(pushed["hello-world"], "hello-world")
+    p.deploy("text-stream", min_replicas=0, max_replicas=1)
+    p.deploy("hello-world", min_replicas=0, max_replicas=1)
+    client = openai.OpenAI(base_url=p.url + "/v1", api_key=p.key, max_retries=0)
+    model = f"@h5test-{RUN_ID}/text-stream"
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one two three four"}]
+    answer = client.chat.completions.create(model=model, messages=messages, max_tokens=3)
+    assert answer.choices[0].message.content == "one two three"
+    assert answer.usage.completion_tokens == 3                       # the model's own token metric
+    pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
+        model=model, messages=messages, stream=True) if c.choices and c.choices[0].delta.content]
+    assert pieces == ["one", " two", " three", " four"]
+    with pytest.raises(openai.BadRequestError) as e:                 # hello-world takes a name, not a chat
+        client.chat.completions.create(model=f"@h5test-{RUN_ID}/hello-world", messages=messages)
+    assert "messages" in str(e.value) and "prompt" in str(e.value)
+    assert p.containers() and all("hello-world" not in c["Names"][0] for c in p.containers())
+
+
 def _live(p: Platform, model: str) -> list[dict]:
     """The controller's live view of the replicas (with their requests in flight)."""
     return p.status(model).get("replicas", [])

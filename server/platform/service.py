@@ -138,6 +138,11 @@ class Platform:
                 return d
         return None
 
+    @staticmethod
+    def owns(call: Any) -> bool:
+        """A managed deployment serves this call (its provider speaks chat for chat-shaped models)."""
+        return bool(call.resolved and call.resolved.targets and call.resolved.targets[0].provider == PROVIDER)
+
     def version(self, version_id: str) -> Version | None:
         """A version by id (versions never change: cached once read)."""
         hit = self._versions.get(version_id)
