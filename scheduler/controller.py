@@ -237,6 +237,12 @@ class Controller:
             status = health.get("status")
             if status in ("READY", "BUSY"):
                 tracked.misses = 0
+                replica = state.replicas.replicas.get(tracked.replica.id)
+                if tracked.ready and replica is not None and replica.draining:
+                    # A request's connection to it broke though it still answers: replace it all the same.
+                    self._record_failure(name, state, "a request's connection to it broke off", None, "")
+                    self._drain_and_stop(state, tracked)
+                    continue
                 if not tracked.ready:
                     tracked.ready = True
                     state.failures = 0
