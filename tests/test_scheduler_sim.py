@@ -10,7 +10,14 @@ import pytest
 from scheduler.placement import Rung
 from scheduler.simulate import POLICIES, Simulation, simulate
 from scheduler.telemetry.base import SpecError
-from scheduler.tracegen import ModelSpec, Pool, Trace, dump_trace, generate_trace, load_trace
+from scheduler.tracegen import (
+    ModelSpec,
+    Pool,
+    Trace,
+    dump_trace,
+    generate_trace,
+    load_trace,
+)
 
 GIB = 2**30
 COMMITTED = Path(__file__).resolve().parent.parent / "scheduler" / "traces" / "small.jsonl"
