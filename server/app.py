@@ -14,6 +14,7 @@ from server.api.deps import install_error_handlers
 from server.catalog import UnknownModel
 from server.config import GatewayConfig
 from server.gateway import Gateway
+from server.platform import api_deployments, api_models, api_replicate
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -30,6 +31,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="cogkit gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
     install_error_handlers(app)
+    for platform_module in (api_models, api_deployments, api_replicate):   # before openai's /v1/models/{model}
+        app.include_router(platform_module.router)
     for module in (openai, responses, anthropic, gemini, run, streams, spend, admin):
         app.include_router(module.router)
 

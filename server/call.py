@@ -34,6 +34,7 @@ class Call:
     reservation: Any = None                # the ledger's Reservation, from admission
     ended: float | None = None
     overhead: float | None = None          # ms, measured when the response headers went out
+    extra_headers: dict = field(default_factory=dict)   # x-cogkit-* a provider adds (cold start)
 
     def latency_s(self) -> float:
         return (self.ended or time.perf_counter()) - self.started

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from server.platform.config import PlatformConfig
+
 
 class ConfigError(Exception):
     pass
@@ -130,6 +132,7 @@ class GatewayConfig(_Strict):
     # may still work here (on the replica that revoked it, it stops at once).
     auth_cache_ttl: float = Field(5.0, ge=0)
     default_tenant: str = "default"
+    platform: PlatformConfig | None = None  # run pushed models' replicas (server/platform)
 
     @model_validator(mode="after")
     def _check(self) -> "GatewayConfig":

@@ -21,6 +21,9 @@ from server.conversations import Conversations
 from server.ledger import Ledger
 from server.logs import setup_logging
 from server.metrics import Metrics
+from server.platform.provider import ManagedProvider
+from server.platform.service import PROVIDER as PLATFORM_PROVIDER
+from server.platform.service import Platform
 from server.providers import Provider, make_provider
 from server.recovery import Recovery
 from server.router import ResponseCache, Router
@@ -46,6 +49,8 @@ class Gateway:
         self.providers: dict[str, Provider] = {
             p.name: make_provider(p, config.timeouts, self._secret_source(p.api_key_secret, p.api_key_env))
             for p in config.providers}
+        self.platform = Platform(self.store, config.platform, self.metrics.registry)
+        self.providers[PLATFORM_PROVIDER] = ManagedProvider(self.platform, config.timeouts)
         self.router = Router(self.catalog, self.providers, config.routing, self.metrics)
         # Every store write goes through this one thread: writers never wait on each other's locks
         # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.
@@ -56,7 +61,8 @@ class Gateway:
         self.admission = Admission(self.auth, self.ledger, self.write)
         self.billing = Billing(self.ledger, self.metrics, self.log, self.write, config.logging.log_prompts)
         self.serving = Serving(self.catalog, self.router, self.providers, self.streams, self.admission,
-                               self.billing, self.metrics, ResponseCache(config.cache) if config.cache.enabled else None)
+                               self.billing, self.metrics, ResponseCache(config.cache) if config.cache.enabled else None,
+                               self.platform)
         # The entry points of server/api/* (see the module docstring).
         self.authenticate = self.admission.authenticate
         self.new_call = self.serving.new_call
@@ -80,8 +86,10 @@ class Gateway:
         self.streams.start_background()
         self.recovery.start()                  # settles what a dead process left on this store, then watches
         self.billing.start()
+        await self.platform.startup(self.writer)
 
     async def shutdown(self) -> None:
+        await self.platform.shutdown()
         await self.recovery.close()
         await self.conversations.close()
         await self.streams.close()             # ends every stream, which queues its bill

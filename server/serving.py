@@ -13,12 +13,13 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.admission import Admission
-from server.api.deps import error_body, error_response
+from server.api.deps import api_error, error_body, error_response
 from server.auth import KeyInfo
 from server.billing import Billing
 from server.call import Call
 from server.catalog import Catalog, UnknownModel
 from server.metrics import Metrics
+from server.platform.service import CURRENT_CALL, NotDeployed, Platform
 from server.providers import Provider, Unsupported, UpstreamError
 from server.providers.base import Op, StreamOp
 from server.recovery import stream_meta
@@ -31,14 +32,20 @@ from server.usage import estimate_output, of_result
 
 class Serving:
     def __init__(self, catalog: Catalog, router: Router, providers: dict[str, Provider], streams: Streams,
-                 admission: Admission, billing: Billing, metrics: Metrics, cache: ResponseCache | None) -> None:
+                 admission: Admission, billing: Billing, metrics: Metrics, cache: ResponseCache | None,
+                 platform: Platform) -> None:
         self.catalog, self.router, self.providers, self.streams = catalog, router, providers, streams
         self.admission, self.billing, self.metrics, self.cache = admission, billing, metrics, cache
+        self.platform = platform
 
     def new_call(self, request: Request, endpoint: str, model: str, key: KeyInfo, body: dict, stream: bool) -> Call:
         call = Call(request_id="req_" + uuid.uuid4().hex, endpoint=endpoint, model=model, tenant_id=key.tenant_id,
                     key_id=key.id, metadata=caller_metadata(request, body), stream=stream)
-        call.resolved = self.catalog.resolve(model)      # UnknownModel -> 404 with suggestions
+        try:   # platform models first; else the catalog (UnknownModel -> 404 with suggestions)
+            call.resolved = self.platform.resolve(model, key.tenant_id) or self.catalog.resolve(model)
+        except NotDeployed as e:
+            raise api_error(request, e.status, e.message, code="model_not_deployed") from None
+        CURRENT_CALL.set(call)                           # the platform notes its cold start on it
         return call
 
     async def serve(self, request: Request, key: KeyInfo, call: Call, op: Op, payload: dict,
@@ -56,7 +63,7 @@ class Serving:
         except UpstreamError as e:
             self.billing.finish(call, key, ERROR, e.message)
             headers = self.headers(call)
-            if e.status == 429 and e.retry_after is not None:
+            if e.status in (429, 503) and e.retry_after is not None:
                 headers["retry-after"] = str(max(1, round(e.retry_after)))
             return error_response(request, e.client_status(), e.message, headers=headers)
         except Unsupported as e:
@@ -82,6 +89,7 @@ class Serving:
             out["x-cogkit-stream-id"] = call.stream_id
         if call.cached:
             out["x-cogkit-cache"] = "hit"
+        out.update(call.extra_headers)
         return out
 
     def unknown_model(self, request: Request, e: UnknownModel) -> JSONResponse:

@@ -19,7 +19,7 @@ async def _openai_call(request: Request, endpoint: str, wire: type) -> Response:
     body = await read_body(request, wire)
     stream = bool(body.get("stream")) and endpoint != "embeddings"
     call = gw.new_call(request, endpoint, body["model"], key, body, stream)
-    if call.resolved.kind == "platform":
+    if call.resolved.kind == "platform" and not (endpoint == "chat" and gw.platform.owns(call)):
         return error_response(request, 400, f"{call.model} is a platform model: call POST /ai/run/{call.model}")
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     relay = (lambda: OpenAIRelay(include_usage, completion=endpoint == "completions")) if stream else None

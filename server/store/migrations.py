@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from server.platform.ddl import MIGRATION as PLATFORM_MIGRATION
+
 from .tables import schema_version, utcnow
 
 # Column types differing between the two backends; DDL below uses the placeholders.
@@ -121,6 +123,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             created_at {ts} NOT NULL)""",
         "CREATE INDEX conversations_created ON conversations (created_at)",
     ]),
+    (4, PLATFORM_MIGRATION),      # the platform's registry and deployments (server/platform/tables.py)
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,118 @@
+"""Deployments over HTTP: which model version runs, with how many replicas.
+
+    GET    /v1/deployments                       the caller's (an admin: all), with live status
+    POST   /v1/deployments                       {"model": "ns/m", "version"?, "min_replicas", ...}; 409 if it exists
+    GET    /v1/deployments/{ns}/{name}
+    PUT    /v1/deployments/{ns}/{name}           create or replace
+    PATCH  /v1/deployments/{ns}/{name}           change some fields (min/max replicas, version, ...)
+    DELETE /v1/deployments/{ns}/{name}           its replicas are drained, then stopped
+    POST   /v1/deployments:apply                 a YAML document of deployments (text/yaml body)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from server.auth import KeyInfo
+from server.platform.api_models import json_body, platform_call
+from server.platform.deployments import Deployment
+from server.platform.registry import RegistryError
+
+router = APIRouter()
+
+
+def _view(request: Request, d: Deployment) -> dict[str, Any]:
+    controller = request.app.state.gateway.platform.controller
+    return d.public(controller.snapshot(d.name) or None if controller else None)
+
+
+def _mine(request: Request, key: KeyInfo, name: str) -> Deployment:
+    d = request.app.state.gateway.platform.deployments.get(name)
+    if d is None or (d.tenant_id != key.tenant_id and not key.admin):
+        raise RegistryError(f"there is no deployment {name}", 404)
+    return d
+
+
+def _changed(request: Request) -> None:
+    controller = request.app.state.gateway.platform.controller
+    if controller is not None:
+        controller.wake()
+
+
+@router.get("/v1/deployments")
+async def list_deployments(request: Request) -> JSONResponse:
+    def work(key: KeyInfo) -> dict[str, Any]:
+        items = request.app.state.gateway.platform.deployments.list(None if key.admin else key.tenant_id)
+        return {"next": None, "previous": None, "results": [_view(request, d) for d in items]}
+    return await platform_call(request, work)
+
+
+@router.post("/v1/deployments")
+async def create_deployment(request: Request) -> JSONResponse:
+    body = await json_body(request)
+
+    def work(key: KeyInfo) -> JSONResponse:
+        store = request.app.state.gateway.platform.deployments
+        if isinstance(body, dict):
+            name = body.get("name") or (str(body.get("model") or "").lstrip("@") or None)
+            if isinstance(name, str) and store.get(name) is not None:
+                raise RegistryError(f"name: a deployment {name} exists; PUT or PATCH /v1/deployments/{name}", 409)
+        d, _ = store.put(body, key.tenant_id, key.admin)
+        _changed(request)
+        return JSONResponse(_view(request, d), status_code=201)
+    return await platform_call(request, work)
+
+
+@router.post("/v1/deployments:apply")
+async def apply_deployments(request: Request) -> JSONResponse:
+    text = (await request.body()).decode(errors="replace")
+
+    def work(key: KeyInfo) -> dict[str, Any]:
+        items = request.app.state.gateway.platform.deployments.load_yaml(text, key.tenant_id, key.admin)
+        _changed(request)
+        return {"results": [_view(request, d) for d in items]}
+    return await platform_call(request, work)
+
+
+@router.get("/v1/deployments/{ns}/{name}")
+async def get_deployment(request: Request, ns: str, name: str) -> JSONResponse:
+    return await platform_call(request, lambda key: _view(request, _mine(request, key, f"{ns}/{name}")))
+
+
+@router.put("/v1/deployments/{ns}/{name}")
+async def put_deployment(request: Request, ns: str, name: str) -> JSONResponse:
+    body = await json_body(request)
+
+    def work(key: KeyInfo) -> JSONResponse:
+        full = f"{ns}/{name}"
+        store = request.app.state.gateway.platform.deployments
+        if store.get(full) is not None:
+            _mine(request, key, full)
+        d, created = store.put(body, key.tenant_id, key.admin, name=full)
+        _changed(request)
+        return JSONResponse(_view(request, d), status_code=201 if created else 200)
+    return await platform_call(request, work)
+
+
+@router.patch("/v1/deployments/{ns}/{name}")
+async def patch_deployment(request: Request, ns: str, name: str) -> JSONResponse:
+    body = await json_body(request)
+
+    def work(key: KeyInfo) -> dict[str, Any]:
+        _mine(request, key, f"{ns}/{name}")
+        d = request.app.state.gateway.platform.deployments.patch(f"{ns}/{name}", body)
+        _changed(request)
+        return _view(request, d)
+    return await platform_call(request, work)
+
+
+@router.delete("/v1/deployments/{ns}/{name}")
+async def delete_deployment(request: Request, ns: str, name: str) -> JSONResponse:
+    def work(key: KeyInfo) -> dict[str, Any]:
+        _mine(request, key, f"{ns}/{name}")
+        request.app.state.gateway.platform.deployments.delete(f"{ns}/{name}")
+        _changed(request)
+        return {"deleted": f"{ns}/{name}"}
+    return await platform_call(request, work)

@@ -1,0 +1,302 @@
+"""The platform inside the gateway: the registry, the deployments, and (when this process runs
+it) the controller; model strings `@ns/model[:version]` resolved to a deployment, inputs
+checked against the version's schema, one prediction on a replica (acquire, post, 409 back to
+the queue, release). The gateway's routes and the Replicate API both call predictions here."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from prometheus_client import Counter, Histogram
+
+from scheduler.controller import Controller
+from scheduler.replicas import Lease, ReplicaSet, Unavailable
+from server.catalog import Resolved, Target
+from server.platform.config import PlatformConfig
+from server.platform.deployments import Deployment, Deployments
+from server.platform.predictions import Files, PredictionRunner
+from server.platform.registry import Registry, Version
+from server.providers.base import UpstreamError
+from server.store import Store, cogkit_home
+
+log = logging.getLogger("cogkit.platform")
+PROVIDER = "cogkit-platform"           # the Target.provider of every managed deployment
+RESOLVE_TTL = 1.0                      # seconds a resolved model string is reused
+MAX_REROUTES = 20                      # 409s one request may meet before it gives up
+COLD_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300)
+
+# The gateway's Call of the request being served (set when the model string is resolved), so the
+# prediction can note its cold start and predict_time on it without widening every interface.
+CURRENT_CALL: contextvars.ContextVar[Any] = contextvars.ContextVar("cogkit_platform_call", default=None)
+
+
+class InputError(Exception):
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+class NotDeployed(Exception):
+    def __init__(self, message: str, status: int = 404) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def instance_of(store: Store) -> str:
+    return hashlib.sha256(store.url.encode()).hexdigest()[:12]
+
+
+class Platform:
+    def __init__(self, store: Store, config: PlatformConfig | None, registry_metrics: Any = None) -> None:
+        self.store, self.config = store, config or PlatformConfig(controller=False)
+        self.registry = Registry(store)
+        self.deployments = Deployments(store, self.registry)
+        self.controller: Controller | None = None
+        self._resolved: dict[tuple[str, str], tuple[float, Resolved, Version]] = {}
+        self._versions: dict[str, Version] = {}
+        self._writer: Any = None
+        home = store.sqlite_path.parent if store.sqlite_path else cogkit_home()
+        self.files = Files(home / "platform-files")
+        self.predictions = PredictionRunner(self, self.files, self._write)
+        self.cold_starts = Histogram("cogkit_platform_cold_start_seconds",
+                                     "Time a request waited for a replica to be ready", ["deployment"],
+                                     buckets=COLD_START_BUCKETS, registry=registry_metrics)
+        self.rerouted = Counter("cogkit_platform_rerouted", "Requests a full replica (409) sent back to the queue",
+                                ["deployment"], registry=registry_metrics)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=5),
+                                      limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
+
+    # ---- lifecycle ----
+    def _write(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A store write on the gateway's writer thread, not waited for."""
+        asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    async def startup(self, writer: Any) -> None:
+        self._writer = writer
+        if not self.config.controller:
+            return
+        from scheduler.runtimes.docker import DockerRuntime
+
+        def sink(name: str, status: dict[str, Any]) -> None:
+            self._write(self.deployments.set_status, name, status)
+
+        runtime = await asyncio.to_thread(DockerRuntime)
+        self.controller = Controller(runtime, self.deployments.desired, self.config.instance or instance_of(self.store),
+                                     placer=self._placer(), status_sink=sink, interval=self.config.interval)
+        self.controller.start()
+
+    def _placer(self) -> Any:
+        from server.platform.placement import make_placer
+        return make_placer(self.config.inventory)
+
+    async def shutdown(self) -> None:
+        await self.predictions.aclose()
+        if self.controller is not None:
+            await self.controller.close(self.config.stop_replicas_on_exit)
+        await self.http.aclose()
+
+    # ---- model strings ----
+    def resolve(self, model_string: str, tenant_id: str) -> Resolved | None:
+        """`@ns/model[:ref]` of a registered model -> its deployment; None when the registry has no such model
+        (the catalog may still know it); NotDeployed when it exists but nothing runs that version."""
+        if not model_string.startswith("@"):
+            return None
+        now = time.monotonic()
+        hit = self._resolved.get((model_string, tenant_id))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        base, _, ref = model_string[1:].partition(":")
+        if base.count("/") != 1:
+            return None
+        namespace, name = base.split("/")
+        model = self.registry.get_model(namespace, name, tenant_id)
+        if model is None:
+            return None
+        version = self.registry.find_version(namespace, name, ref or None)
+        if version is None:
+            raise NotDeployed(f"{base} has no version {ref!r}" if ref else f"{base} has no version yet")
+        deployment = self._deployment_for(version)
+        if deployment is None:
+            raise NotDeployed(f"version {version.id[:12]} of {base} is not deployed: "
+                              f"`cogkit deployments create {base}` starts it", 404)
+        resolved = Resolved(model_string, (Target(PROVIDER, deployment.name),), "platform", version=version.id)
+        self._resolved[(model_string, tenant_id)] = (now + RESOLVE_TTL, resolved, version)
+        return resolved
+
+    def _deployment_for(self, version: Version) -> Deployment | None:
+        candidates = self.deployments.for_model(version.namespace, version.model)
+        latest = self.registry.find_version(version.namespace, version.model, None)
+        for d in candidates:
+            if d.version_id == version.id or (d.version_id is None and latest is not None and latest.id == version.id):
+                return d
+        return None
+
+    @staticmethod
+    def owns(call: Any) -> bool:
+        """A managed deployment serves this call (its provider speaks chat for chat-shaped models)."""
+        return bool(call.resolved and call.resolved.targets and call.resolved.targets[0].provider == PROVIDER)
+
+    def version(self, version_id: str) -> Version | None:
+        """A version by id (versions never change: cached once read)."""
+        hit = self._versions.get(version_id)
+        if hit is None:
+            hit = self.registry.get_version_by_id(version_id)
+            if hit is not None:
+                self._versions[version_id] = hit
+        return hit
+
+    def deployment_version(self, deployment: str) -> Version | None:
+        d = self.deployments.get(deployment)
+        if d is None:
+            return None
+        return (self.registry.get_version_by_id(d.version_id) if d.version_id
+                else self.registry.find_version(d.namespace, d.model, None))
+
+    # ---- inputs ----
+    @staticmethod
+    def validate(version: Version, inputs: Any) -> dict[str, Any]:
+        """The inputs with defaults, or InputError naming the first bad field (checked before any replica)."""
+        from cogkit.inputs import InputValidationError, validate_input
+        if not version.openapi_schema:
+            return inputs if isinstance(inputs, dict) else {}
+        try:
+            return validate_input(version.openapi_schema, inputs)
+        except InputValidationError as e:
+            first = e.errors[0]
+            field = ".".join(str(p) for p in first["loc"][2:]) or None
+            return _raise(InputError(f"input.{field}: {first['msg']}" if field else f"input: {first['msg']}", field))
+
+    # ---- predictions on replicas ----
+    def replicas(self, deployment: str) -> ReplicaSet:
+        if self.controller is None:
+            raise NotDeployed("this gateway runs no platform controller (platform.controller: false)", 503)
+        return self.controller.replica_set(deployment)
+
+    async def acquire(self, deployment: str) -> Lease:
+        rs = self.replicas(deployment)
+        try:
+            lease = await rs.acquire()
+        except Unavailable as e:
+            raise UpstreamError(e.message, 503, "http", retry_after=e.retry_after,
+                                body={"code": "no_replica"}) from None
+        if lease.cold:
+            self.cold_starts.labels(deployment).observe(lease.waited_s)
+        note_cold_start(lease)
+        return lease
+
+    async def predict(self, deployment: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /predictions on a replica; a 409 (it is full) goes back to the queue, never to the caller."""
+        for _ in range(MAX_REROUTES):
+            lease = await self.acquire(deployment)
+            rs = self.replicas(deployment)
+            try:
+                resp = await self.http.post(lease.replica.url + "/predictions", json=body)
+            except httpx.HTTPError as e:
+                rs.failed(lease)
+                raise replica_broke(deployment, e) from e
+            if resp.status_code == 409:
+                rs.release(lease, busy=True)
+                self.rerouted.labels(deployment).inc()
+                continue
+            rs.release(lease)
+            return _prediction(resp, deployment)
+        raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
+
+    async def predict_stream(self, deployment: str, body: dict[str, Any], prediction_id: str | None = None,
+                             on_replica: Callable[[str, float], None] | None = None,
+                             ) -> AsyncIterator[tuple[str, Any]]:
+        """(event, data) from a replica's SSE prediction: output, logs, then completed. With an id the
+        replica runs it as PUT /predictions/{id} (so it can be cancelled there); on_replica(url, waited_s)
+        is told where it runs."""
+        from server.translate.sse import SSEDecoder
+        method, path = ("PUT", f"/predictions/{prediction_id}") if prediction_id else ("POST", "/predictions")
+        for _ in range(MAX_REROUTES):
+            lease = await self.acquire(deployment)
+            rs = self.replicas(deployment)
+            if on_replica is not None:
+                on_replica(lease.replica.url, lease.waited_s)
+            request = self.http.build_request(method, lease.replica.url + path, json=body,
+                                              headers={"accept": "text/event-stream"})
+            try:
+                resp = await self.http.send(request, stream=True)
+            except httpx.HTTPError as e:
+                rs.failed(lease)
+                raise replica_broke(deployment, e) from e
+            if resp.status_code == 409:
+                await resp.aclose()
+                rs.release(lease, busy=True)
+                self.rerouted.labels(deployment).inc()
+                continue
+            broke = False
+            try:
+                if resp.status_code >= 400:
+                    _prediction(httpx.Response(resp.status_code, content=await resp.aread()), deployment)
+                decoder = SSEDecoder()
+                async for raw in resp.aiter_bytes():
+                    for event, data in decoder.feed(raw):
+                        try:
+                            value = json.loads(data)
+                        except ValueError:
+                            value = data
+                        yield event or "output", value
+                        if event == "completed":
+                            return
+                broke = True
+                raise UpstreamError(f"{deployment}: the replica's prediction stream ended early", None, "stream")
+            except httpx.HTTPError as e:
+                broke = True
+                raise replica_broke(deployment, e) from e
+            finally:
+                await resp.aclose()
+                (rs.failed if broke else rs.release)(lease)
+        raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
+
+
+def _raise(e: Exception) -> Any:
+    raise e
+
+
+def note_cold_start(lease: Lease) -> None:
+    call = CURRENT_CALL.get()
+    if call is not None:
+        call.extra_headers["x-cogkit-replica"] = lease.replica.id[:12]
+    if call is not None and lease.waited_s > 0:
+        # A cold start: no replica at all when it arrived; else it queued behind busy ones.
+        name = "cold_start_ms" if lease.cold else "queue_ms"
+        ms = lease.waited_s * 1000
+        call.extra_headers[f"x-cogkit-{name.replace('_', '-')}"] = f"{ms:.0f}"
+        call.metadata[name] = round(ms)
+
+
+def note_metrics(prediction: Any) -> None:
+    call = CURRENT_CALL.get()
+    metrics = prediction.get("metrics") if isinstance(prediction, dict) else None
+    if call is not None and isinstance(metrics, dict) and metrics.get("predict_time") is not None:
+        call.metadata["predict_time"] = metrics["predict_time"]
+
+
+def replica_broke(deployment: str, e: httpx.HTTPError) -> UpstreamError:
+    # Not retried on another replica: the prediction may have run (side effects, time billed).
+    return UpstreamError(f"{deployment}: the replica stopped during the prediction ({type(e).__name__}); "
+                         "the platform is replacing it, retry the request", 502, "http")
+
+
+def _prediction(resp: httpx.Response, deployment: str) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"detail": resp.text[:300]}
+    if resp.status_code == 422:
+        raise UpstreamError(f"invalid input: {body.get('detail')}", 422, "http", body=body)
+    if resp.status_code >= 400:
+        raise UpstreamError(f"{deployment}: the replica answered {resp.status_code} ({body.get('detail', body)})",
+                            502, "http")
+    return body if isinstance(body, dict) else {"output": body}
+
