@@ -191,3 +191,23 @@ def check_files(request: Request, inputs: dict[str, Any]) -> None:
             if size > limit:
                 raise api_error(request, 413, f"{name}: a file of about {size} bytes, over the gateway's limit of "
                                               f"{limit} bytes per file (limits.max_file_bytes).", param=name)
+
+
+def openapi_body(wire: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body itself (read_body): the wire model's JSON schema
+    as the request body of the OpenAPI document, its $defs inlined (a route cannot add components), so
+    clients and schemathesis see what the route takes."""
+    schema = wire.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any, depth: int) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                # a recursive model ends, a few levels down, in "any JSON": still a valid schema
+                return inline(defs[ref.rsplit("/", 1)[-1]], depth + 1) if depth < 6 else {}
+            return {k: inline(v, depth) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v, depth) for v in node]
+        return node
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema, 0)}}}}
