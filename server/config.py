@@ -130,6 +130,8 @@ class GatewayConfig(_Strict):
     # may still work here (on the replica that revoked it, it stops at once).
     auth_cache_ttl: float = Field(5.0, ge=0)
     default_tenant: str = "default"
+    # Seconds a stored Responses API conversation can be continued (previous_response_id); OpenAI's: 30 days.
+    conversation_retention: float = Field(30 * 86400.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "GatewayConfig":
