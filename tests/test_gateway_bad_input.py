@@ -79,6 +79,7 @@ def test_lone_surrogate_is_a_400_naming_the_field(gw):
     anthropic_error(post(gw, "/v1/messages", escaped.replace(b'"messages"', b'"max_tokens": 5, "messages"')),
                     400, "messages.0.content")
     openai_error(post(gw, "/ai/run/gpt-4o-mini", b'{"prompt": "\\udfff"}'), 400, "prompt")
+    openai_error(post(gw, "/ai/run/gpt-4o-mini", b'{"prompt": "ok", "system": "\\uDBFF"}'), 400, "system")
     assert gw.fake.stats()["requests"] == 0
 
 

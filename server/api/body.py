@@ -43,9 +43,12 @@ class BodyLimit:
             return
         limit = _limits(scope).max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            await self._drain(receive)
-            await self._refuse(scope, receive, send, limit)
+        if declared.isdigit():
+            if int(declared) > limit:
+                await self._drain(receive)
+                await self._refuse(scope, receive, send, limit)
+                return
+            await self.app(scope, receive, send)   # the server holds the body to its content-length
             return
         seen, started = 0, False
 
@@ -111,15 +114,16 @@ def parse_json(request: Request, raw: bytes) -> Any:
     except ValueError:   # UnicodeDecodeError too: bytes that are not UTF-8 (a raw lone surrogate)
         raise api_error(request, 400, "The request body is not valid JSON in UTF-8.") from None
     # Cheap guards first: only a body with that many brackets can be that deep, only one with a
-    # \\ud escape can hold a lone surrogate.
-    if raw.count(b"[") + raw.count(b"{") > limits.max_json_depth or b"\\ud" in raw.lower():
-        check_tree(request, value, limits.max_json_depth)
+    # \\ud escape can hold a lone surrogate (raw ones are not UTF-8: refused above).
+    surrogates = b"\\ud" in raw or b"\\uD" in raw
+    if surrogates or raw.count(b"[") + raw.count(b"{") > limits.max_json_depth:
+        check_tree(request, value, limits.max_json_depth, surrogates)
     return value
 
 
-def check_tree(request: Request, value: Any, max_depth: int) -> None:
-    """400 for nesting past max_depth or a string that is not valid Unicode (a lone surrogate),
-    naming where. Iterative: a deep body cannot exhaust the stack here."""
+def check_tree(request: Request, value: Any, max_depth: int, surrogates: bool = True) -> None:
+    """400 for nesting past max_depth or (with `surrogates`) a string that is not valid Unicode (a lone
+    surrogate), naming where. Iterative: a deep body cannot exhaust the stack here."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, path = stack.pop()
@@ -127,10 +131,12 @@ def check_tree(request: Request, value: Any, max_depth: int) -> None:
             raise api_error(request, 400, f"The request body is nested more than {max_depth} levels deep "
                                           "(limits.max_json_depth).")
         if isinstance(item, str):
-            _check_text(request, item, path)
+            if surrogates:
+                _check_text(request, item, path)
         elif isinstance(item, dict):
             for k, v in item.items():
-                _check_text(request, k, path)
+                if surrogates:
+                    _check_text(request, k, path)
                 stack.append((v, (*path, k)))
         elif isinstance(item, list):
             stack.extend((v, (*path, i)) for i, v in enumerate(item))
