@@ -21,9 +21,11 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _limits(scope: Scope) -> LimitsConfig:
-    limits: LimitsConfig = scope["app"].state.gateway.config.limits
-    return limits
+def limits_of(app: Any) -> LimitsConfig:
+    """The app's configured limits (the defaults for an app mounted without a full gateway config)."""
+    config = getattr(getattr(app.state, "gateway", None), "config", None)
+    limits = getattr(config, "limits", None)
+    return limits if isinstance(limits, LimitsConfig) else LimitsConfig()
 
 
 def too_large_message(limit: int) -> str:
@@ -41,7 +43,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = _limits(scope).max_body_bytes
+        limit = limits_of(scope["app"]).max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit():
             if int(declared) > limit:
@@ -105,7 +107,7 @@ async def read_body(request: Request, wire: type[BaseModel] | None = None) -> di
 
 
 def parse_json(request: Request, raw: bytes) -> Any:
-    limits = request.app.state.gateway.config.limits
+    limits = limits_of(request.app)
     try:
         value = json.loads(raw or b"null")
     except RecursionError:
@@ -181,7 +183,7 @@ def field_path(body: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
 
 def check_name(request: Request, field: str, value: str | None) -> None:
     """413 for a name or id longer than limits.max_name_chars."""
-    limit = request.app.state.gateway.config.limits.max_name_chars
+    limit = limits_of(request.app).max_name_chars
     if value is not None and len(value) > limit:
         raise api_error(request, 413, f"{field}: longer than the gateway's limit of {limit} characters "
                                       "(limits.max_name_chars).", param=field)
@@ -189,7 +191,7 @@ def check_name(request: Request, field: str, value: str | None) -> None:
 
 def check_files(request: Request, inputs: dict[str, Any]) -> None:
     """413 for a file input (a data: URL) whose content is over limits.max_file_bytes."""
-    limit = request.app.state.gateway.config.limits.max_file_bytes
+    limit = limits_of(request.app).max_file_bytes
     for name, value in inputs.items():
         if isinstance(value, str) and value.startswith("data:") and "," in value[:256]:
             header, _, data = value.partition(",")
