@@ -96,10 +96,10 @@ class StreamsConfig(_Strict):
 class LimitsConfig(_Strict):
     """What one request may carry; past these the gateway answers 413 naming the limit, before any
     upstream sees the request. Defaults: what the big APIs accept (Anthropic: 32 MB per request)."""
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)   # a request body, as sent
-    max_json_depth: int = Field(64, ge=2)                  # nesting of a JSON body (a 400 past it)
-    max_name_chars: int = Field(256, ge=1)                 # names and ids: tenants, keys, secrets
-    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)    # one file input (a data: URL) to /ai/run
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)   # a request body, as sent
+    max_json_depth: int = Field(default=64, ge=2)                  # nesting of a JSON body (a 400 past it)
+    max_name_chars: int = Field(default=256, ge=1)                 # names and ids: tenants, keys, secrets
+    max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1)    # one file input (a data: URL) to /ai/run
 
 
 class CacheConfig(_Strict):
@@ -133,6 +133,8 @@ class GatewayConfig(_Strict):
     auth_cache_ttl: float = Field(5.0, ge=0)
     default_tenant: str = "default"
     platform: PlatformConfig | None = None  # run pushed models' replicas (server/platform)
+    # Seconds a stored Responses API conversation can be continued (previous_response_id); OpenAI's: 30 days.
+    conversation_retention: float = Field(30 * 86400.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "GatewayConfig":

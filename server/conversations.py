@@ -5,18 +5,21 @@ the store (so any replica finds it); a tenant never reads another's."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 MEMORY_ENTRIES = 10_000          # recent conversations kept in memory, at most
+PURGE_INTERVAL = 3600.0          # seconds between deletions of conversations past their retention
 
 Write = Callable[..., Awaitable[Any]]
 
 
 class Conversations:
-    def __init__(self, repo: Any, write: Write, retry_after: float = 0.2) -> None:
-        self.repo, self.write, self.retry_after = repo, write, retry_after
+    def __init__(self, repo: Any, write: Write, retention: float, retry_after: float = 0.2) -> None:
+        self.repo, self.write, self.retention, self.retry_after = repo, write, retention, retry_after
+        self._purger: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
         self._writes: set[asyncio.Future[Any]] = set()
 
@@ -39,6 +42,21 @@ class Conversations:
             found = await asyncio.to_thread(self.repo.get, response_id, tenant_id)
         return found
 
+    def start(self) -> None:
+        self._purger = asyncio.create_task(self._purge())
+
+    async def _purge(self) -> None:
+        """Stored conversations older than `retention` go (at start, then hourly)."""
+        while True:
+            try:
+                await self.write(self.repo.purge_expired, self.retention)
+            except Exception:  # noqa: BLE001 - the store may be down: tried again next hour
+                logging.getLogger(__name__).exception("purging old conversations failed")
+            await asyncio.sleep(PURGE_INTERVAL)
+
     async def close(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)

@@ -56,7 +56,7 @@ class Gateway:
         # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogkit-store-writer")
         self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log, self.writer)
-        self.conversations = Conversations(ConversationRepo(self.store), self.write)
+        self.conversations = Conversations(ConversationRepo(self.store), self.write, config.conversation_retention)
         self.recovery = Recovery(self.streams.repo, self.ledger, config.streams, self.write, self.log)
         self.admission = Admission(self.auth, self.ledger, self.write)
         self.billing = Billing(self.ledger, self.metrics, self.log, self.write, config.logging.log_prompts)
@@ -85,6 +85,7 @@ class Gateway:
     async def startup(self) -> None:
         self.streams.start_background()
         self.recovery.start()                  # settles what a dead process left on this store, then watches
+        self.conversations.start()
         self.billing.start()
         await self.platform.startup(self.writer)
 

@@ -8,9 +8,12 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.status import CANCELED, OK
+
+if TYPE_CHECKING:
+    from server.call import Call
 
 LOGGER = "cogkit.gateway"
 SECRET_FIELDS = {"authorization", "x-api-key", "api_key", "api-key", "x-goog-api-key", "password", "secret", "key"}
@@ -48,7 +51,7 @@ def setup_logging(level: str = "INFO") -> logging.Logger:
     return logging.getLogger(LOGGER)
 
 
-def log_call(logger: logging.Logger, call, log_prompts: bool = False, prompt: Any = None, output: Any = None) -> None:
+def log_call(logger: logging.Logger, call: Call, log_prompts: bool = False, prompt: Any = None, output: Any = None) -> None:
     """One line per request: who, what model, who served, tokens, cost, timings, outcome."""
     level = logging.WARNING if call.status not in (OK, CANCELED) else logging.INFO
     if not logger.isEnabledFor(level):

@@ -269,16 +269,17 @@ class Streams:
             for buf, _start, _end, final in batch:
                 if final and buf.stored_final:
                     self.pending.pop(buf.id, None)
-        await self._beat({buf.id for buf, _s, _e, _f in batch})
+        await self._beat()
 
-    async def _beat(self, just_written: set[str]) -> None:
+    async def _beat(self) -> None:
         """The heartbeat of this process's running streams (every lease / 3): a row left untouched for
         `lease` is taken for a dead process's, and settled by another gateway (server/recovery.py)."""
         now = time.monotonic()
         if now - self._heartbeat < self.cfg.lease / 3:
             return
         self._heartbeat = now
-        running = [b.id for b in self.pending.values() if b.created and not b.done and b.id not in just_written]
+        # Every one, written this pass or not: flushing events does not touch the row (store/streams.py).
+        running = [b.id for b in self.pending.values() if b.created and not b.done]
         if running:
             await self._write_call(self.repo.touch, running)
 

@@ -8,20 +8,25 @@ import json
 import httpx
 import pytest
 
-from tests.gateway_harness import provider
+from tests.gateway_harness import GatewayProc, provider
 
 LIMITS = {"max_body_bytes": 2_000_000, "max_name_chars": 64, "max_file_bytes": 100_000}
 
 
-@pytest.fixture
-def gw(fakes, gateway):
-    oa = fakes("openai")
-    g = gateway({"providers": [provider("openai", oa)], "limits": LIMITS,
-                 "models": [{"name": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6,
-                             "deployments": [{"provider": "openai"}]}]})
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    """One gateway for the module: no case here may reach the upstream or change a balance."""
+    from tests.fakes import start_fake
+    oa = start_fake("openai")
+    work = tmp_path_factory.mktemp("bad-input")
+    g = GatewayProc({"state_dir": str(work / "state"), "providers": [provider("openai", oa)], "limits": LIMITS,
+                     "models": [{"name": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6,
+                                 "deployments": [{"provider": "openai"}]}]}, work)
     g.fake = oa
     g.key = g.new_key("acme", credits=10.0)
-    return g
+    yield g
+    g.close()
+    oa.close()
 
 
 def post(gw, path: str, body, key: str | None = None, **headers) -> httpx.Response:
@@ -74,6 +79,7 @@ def test_lone_surrogate_is_a_400_naming_the_field(gw):
     anthropic_error(post(gw, "/v1/messages", escaped.replace(b'"messages"', b'"max_tokens": 5, "messages"')),
                     400, "messages.0.content")
     openai_error(post(gw, "/ai/run/gpt-4o-mini", b'{"prompt": "\\udfff"}'), 400, "prompt")
+    openai_error(post(gw, "/ai/run/gpt-4o-mini", b'{"prompt": "ok", "system": "\\uDBFF"}'), 400, "system")
     assert gw.fake.stats()["requests"] == 0
 
 

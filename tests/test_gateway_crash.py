@@ -163,3 +163,29 @@ def test_kill_9_mid_stream_then_restart_settles_every_stream(crashing):
         return await recovery.settle_orphans()
     assert asyncio.run(again()) == 0
     assert len(second.usage(key, len(streams) + 1, timeout=0.5)) == len(streams)
+
+
+def test_a_live_stream_longer_than_the_lease_is_never_settled(crashing):
+    """The heartbeat keeps a running stream's row fresh however busy it is: only a dead process's
+    streams are settled, never a live one that outlasts the lease."""
+    start, repo = crashing
+    g = start()
+    key = g.new_key("live", credits=10.0)
+    path, body = bodies()["openai"]
+    started = time.monotonic()
+    with g.http(key) as c, c.stream("POST", path, json=body) as resp:
+        stream_id = resp.headers["x-cogkit-stream-id"]
+        raw = resp.read()
+    assert time.monotonic() - started > 3 * 1.0                 # it outlived the lease three times over
+    events = events_of(raw)
+    assert events[-1][2] == "[DONE]" and b"interrupted" not in raw
+    text = "".join((json.loads(d)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+                   for _e, _i, d in events[:-1])
+    assert text == "Echo: " + WORDS
+    deadline = time.monotonic() + 5
+    while repo.get(stream_id).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    info = repo.get(stream_id)
+    assert info.status == "ok" and "survived" not in info.meta
+    [row] = g.usage(key, 1)
+    assert row["status"] == "ok"

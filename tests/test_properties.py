@@ -1,7 +1,7 @@
 """Property-based tests (issue 8): hypothesis on the request models, the body checks and the model-string
 parser; schemathesis against the gateway's own OpenAPI document, served by the real gateway process on
 fake upstreams. Neither may find a 5xx, a traceback in a response, or an exception other than the ones
-the code means to raise. The budget is bounded (PROPERTY_EXAMPLES, default 40 per property) so the
+the code means to raise. The budget is bounded (PROPERTY_EXAMPLES, default 25 per property) so the
 whole module stays well under 3 minutes on CI's two cores."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from server.wire.responses import ResponsesRequest
 from server.wire.run import RunChatInputs
 from tests.gateway_harness import GatewayProc, provider
 
-EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "25"))
 FAST = settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # JSON values, including the awkward ones: lone surrogates, huge numbers, deep-ish nesting.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from server.api.body import read_body, validate
+from server.api.body import openapi_body, read_body, validate
 from server.api.deps import error_response
 from server.providers import UpstreamError
 from server.redact import redact
@@ -20,7 +20,7 @@ from server.wire.anthropic import MessagesRequest
 router = APIRouter()
 
 
-@router.post("/v1/messages/count_tokens")
+@router.post("/v1/messages/count_tokens", openapi_extra=openapi_body(MessagesRequest))
 async def count_tokens(request: Request) -> Response:
     """Input tokens of a Messages request, for any model: passed through to an Anthropic deployment,
     else the provider's own count where it offers one (Gemini's countTokens), else the gateway's
@@ -47,7 +47,7 @@ async def count_tokens(request: Request) -> Response:
     return JSONResponse({"input_tokens": estimate_input(canonical)}, headers={"x-cogkit-token-count": "estimate"})
 
 
-@router.post("/v1/messages")
+@router.post("/v1/messages", openapi_extra=openapi_body(MessagesRequest))
 async def messages(request: Request) -> Response:
     gw = request.app.state.gateway
     key = await gw.authenticate(request)

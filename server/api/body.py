@@ -21,9 +21,11 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _limits(scope: Scope) -> LimitsConfig:
-    limits: LimitsConfig = scope["app"].state.gateway.config.limits
-    return limits
+def limits_of(app: Any) -> LimitsConfig:
+    """The app's configured limits (the defaults for an app mounted without a full gateway config)."""
+    config = getattr(getattr(app.state, "gateway", None), "config", None)
+    limits = getattr(config, "limits", None)
+    return limits if isinstance(limits, LimitsConfig) else LimitsConfig()
 
 
 def too_large_message(limit: int) -> str:
@@ -41,11 +43,14 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = _limits(scope).max_body_bytes
+        limit = limits_of(scope["app"]).max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            await self._drain(receive)
-            await self._refuse(scope, receive, send, limit)
+        if declared.isdigit():
+            if int(declared) > limit:
+                await self._drain(receive)
+                await self._refuse(scope, receive, send, limit)
+                return
+            await self.app(scope, receive, send)   # the server holds the body to its content-length
             return
         seen, started = 0, False
 
@@ -102,7 +107,7 @@ async def read_body(request: Request, wire: type[BaseModel] | None = None) -> di
 
 
 def parse_json(request: Request, raw: bytes) -> Any:
-    limits = request.app.state.gateway.config.limits
+    limits = limits_of(request.app)
     try:
         value = json.loads(raw or b"null")
     except RecursionError:
@@ -111,15 +116,16 @@ def parse_json(request: Request, raw: bytes) -> Any:
     except ValueError:   # UnicodeDecodeError too: bytes that are not UTF-8 (a raw lone surrogate)
         raise api_error(request, 400, "The request body is not valid JSON in UTF-8.") from None
     # Cheap guards first: only a body with that many brackets can be that deep, only one with a
-    # \\ud escape can hold a lone surrogate.
-    if raw.count(b"[") + raw.count(b"{") > limits.max_json_depth or b"\\ud" in raw.lower():
-        check_tree(request, value, limits.max_json_depth)
+    # \\ud escape can hold a lone surrogate (raw ones are not UTF-8: refused above).
+    surrogates = b"\\ud" in raw or b"\\uD" in raw
+    if surrogates or raw.count(b"[") + raw.count(b"{") > limits.max_json_depth:
+        check_tree(request, value, limits.max_json_depth, surrogates)
     return value
 
 
-def check_tree(request: Request, value: Any, max_depth: int) -> None:
-    """400 for nesting past max_depth or a string that is not valid Unicode (a lone surrogate),
-    naming where. Iterative: a deep body cannot exhaust the stack here."""
+def check_tree(request: Request, value: Any, max_depth: int, surrogates: bool = True) -> None:
+    """400 for nesting past max_depth or (with `surrogates`) a string that is not valid Unicode (a lone
+    surrogate), naming where. Iterative: a deep body cannot exhaust the stack here."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, path = stack.pop()
@@ -127,10 +133,12 @@ def check_tree(request: Request, value: Any, max_depth: int) -> None:
             raise api_error(request, 400, f"The request body is nested more than {max_depth} levels deep "
                                           "(limits.max_json_depth).")
         if isinstance(item, str):
-            _check_text(request, item, path)
+            if surrogates:
+                _check_text(request, item, path)
         elif isinstance(item, dict):
             for k, v in item.items():
-                _check_text(request, k, path)
+                if surrogates:
+                    _check_text(request, k, path)
                 stack.append((v, (*path, k)))
         elif isinstance(item, list):
             stack.extend((v, (*path, i)) for i, v in enumerate(item))
@@ -175,7 +183,7 @@ def field_path(body: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
 
 def check_name(request: Request, field: str, value: str | None) -> None:
     """413 for a name or id longer than limits.max_name_chars."""
-    limit = request.app.state.gateway.config.limits.max_name_chars
+    limit = limits_of(request.app).max_name_chars
     if value is not None and len(value) > limit:
         raise api_error(request, 413, f"{field}: longer than the gateway's limit of {limit} characters "
                                       "(limits.max_name_chars).", param=field)
@@ -183,7 +191,7 @@ def check_name(request: Request, field: str, value: str | None) -> None:
 
 def check_files(request: Request, inputs: dict[str, Any]) -> None:
     """413 for a file input (a data: URL) whose content is over limits.max_file_bytes."""
-    limit = request.app.state.gateway.config.limits.max_file_bytes
+    limit = limits_of(request.app).max_file_bytes
     for name, value in inputs.items():
         if isinstance(value, str) and value.startswith("data:") and "," in value[:256]:
             header, _, data = value.partition(",")
@@ -191,3 +199,23 @@ def check_files(request: Request, inputs: dict[str, Any]) -> None:
             if size > limit:
                 raise api_error(request, 413, f"{name}: a file of about {size} bytes, over the gateway's limit of "
                                               f"{limit} bytes per file (limits.max_file_bytes).", param=name)
+
+
+def openapi_body(wire: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body itself (read_body): the wire model's JSON schema
+    as the request body of the OpenAPI document, its $defs inlined (a route cannot add components), so
+    clients and schemathesis see what the route takes."""
+    schema = wire.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any, depth: int) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                # a recursive model ends, a few levels down, in "any JSON": still a valid schema
+                return inline(defs[ref.rsplit("/", 1)[-1]], depth + 1) if depth < 6 else {}
+            return {k: inline(v, depth) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v, depth) for v in node]
+        return node
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema, 0)}}}}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.body import read_body, validate
+from server.api.body import openapi_body, read_body, validate
 from server.api.deps import api_error
 from server.relays import GeminiRelay
 from server.translate.gemini import gemini_to_openai_request, openai_to_gemini_response
@@ -21,9 +21,7 @@ router = APIRouter()
 ACTIONS = ("generateContent", "streamGenerateContent")
 
 
-@router.post("/v1beta/models/{target:path}", openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": GenerateContentRequest.model_json_schema(
-        ref_template="#/components/schemas/{model}")}}}})
+@router.post("/v1beta/models/{target:path}", openapi_extra=openapi_body(GenerateContentRequest))
 async def generate(request: Request, target: str) -> Response:
     """`target` is `<model>:<action>`; the model may hold slashes (`openai/gpt-4o-mini`)."""
     gw: Gateway = request.app.state.gateway

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.body import read_body
+from server.api.body import openapi_body, read_body
 from server.api.deps import error_response
 from server.relays import OpenAIRelay
 from server.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -26,17 +26,17 @@ async def _openai_call(request: Request, endpoint: str, wire: type) -> Response:
     return await gw.serve(request, key, call, endpoint, body, relay=relay)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     return await _openai_call(request, "chat", ChatCompletionRequest)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     return await _openai_call(request, "completions", CompletionRequest)
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=openapi_body(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     return await _openai_call(request, "embeddings", EmbeddingRequest)
 

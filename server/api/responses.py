@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.body import read_body, validate
+from server.api.body import openapi_body, read_body, validate
 from server.api.deps import api_error
 from server.relays import ResponsesRelay
 from server.translate.responses import Untranslatable, conversation, from_chat_response, to_chat_request
@@ -22,8 +22,7 @@ if TYPE_CHECKING:
 router = APIRouter()
 
 
-@router.post("/v1/responses", openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": ResponsesRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+@router.post("/v1/responses", openapi_extra=openapi_body(ResponsesRequest))
 async def create_response(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     key = await gw.authenticate(request)

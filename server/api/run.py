@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.body import check_files, read_body, validate
+from server.api.body import check_files, openapi_body, read_body, validate
 from server.api.deps import api_error
 from server.relays import ChatRunRelay, PlatformRunRelay, chat_envelope, platform_envelope
 from server.wire.run import RunChatInputs
@@ -35,7 +35,7 @@ def chat_request(inputs: dict, model: str) -> dict:
     return {**req, "model": model, "messages": messages}
 
 
-@router.post("/ai/run/{model:path}")
+@router.post("/ai/run/{model:path}", openapi_extra=openapi_body(RunChatInputs))
 async def run(request: Request, model: str) -> Response:
     gw = request.app.state.gateway
     key = await gw.authenticate(request)

@@ -11,7 +11,7 @@ never change once made), so chunks never overlap and nothing is stored twice.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,8 +58,8 @@ class StreamRepo:
             with self.store.begin() as conn:
                 self._append(conn, events, utcnow())
 
-    def save_many(self, created: list[tuple[str, str, str, dict | None]] = (),
-                  events: list[tuple[str, int, bytes]] = (), finished: list[tuple[str, str]] = ()) -> None:
+    def save_many(self, created: Sequence[tuple[str, str, str, dict | None]] = (),
+                  events: Sequence[tuple[str, int, bytes]] = (), finished: Sequence[tuple[str, str]] = ()) -> None:
         """What the gateway's flusher has for every stream since its last pass, in one transaction:
         new streams (id, tenant_id, format, meta), events (id, index, bytes), ends (id, status).
         Idempotent like create/append/finish, so a failed pass can simply be done again."""
@@ -81,7 +81,7 @@ class StreamRepo:
                     conn.execute(update(streams).where(streams.c.id.in_(chunk))
                                  .values(status=status, finished_at=now, updated_at=now))
 
-    def _append(self, conn: Connection, events: list[tuple[str, int, bytes]], now: datetime) -> None:
+    def _append(self, conn: Connection, events: Sequence[tuple[str, int, bytes]], now: datetime) -> None:
         if not events:
             return
         rows = _chunk_rows(events)
@@ -186,7 +186,7 @@ class StreamRepo:
         return bool(ended)
 
 
-def _chunk_rows(events: list[tuple[str, int, bytes]]) -> list[dict[str, Any]]:
+def _chunk_rows(events: Sequence[tuple[str, int, bytes]]) -> list[dict[str, Any]]:
     """(stream id, index, bytes) rows -> one stream_chunks row per run of consecutive indexes."""
     rows: list[dict[str, Any]] = []
     last: tuple[str, int] | None = None          # (stream id, index) of the previous event

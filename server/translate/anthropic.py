@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from server.translate import (
+from server.translate.common import (
     ANTHROPIC_TO_OPENAI_STOP,
     OPENAI_TO_ANTHROPIC_STOP,
     StreamError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from server.translate import (
+from server.translate.common import (
     GEMINI_TO_OPENAI_STOP,
     OPENAI_TO_GEMINI_STOP,
     StreamError,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from server.translate import new_id, text_of
+from server.translate.common import new_id, text_of
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
