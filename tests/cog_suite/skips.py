@@ -44,6 +44,8 @@ def skip_reason(name: str, text: str, mode: str) -> str | None:
         return "inspects the built image (docker inspect/run/push): runs in image mode only"
     if mode == "local" and "weights:" in text and re.search(r"^\s*cog (predict|run|serve)", script, re.MULTILINE):
         return "mounts managed weights at their absolute targets in the container (/src/...): image mode only"
+    if mode == "local" and name == "zsh_package":
+        return "checks that system_packages (apt) are installed in the image: image mode only"
     if mode == "local" and "Image built as" in script:
         return "checks what `cog build` says about the image it built: runs in image mode only"
     builds = re.findall(r"^\s*(!\s+)?cog build", script, re.MULTILINE)
