@@ -66,9 +66,8 @@ def cog_argv(script: Script, line: Line, args: list[str]) -> list[str]:
     elif sub in RUNS_A_PROJECT and not _positional_image(args, image):
         _build_quietly(script, line)
         args = [sub, image, *args[1:]]
-    elif sub == "exec":
-        _build_quietly(script, line)
-        args = ["exec", "--image", image, *args[1:]]
+    elif sub == "exec":  # Cog's exec builds the project's environment image first
+        args = ["exec", "--build", "-t", image, *args[1:]]
     return [*COGKIT, *args]
 
 
