@@ -25,6 +25,9 @@ NEEDS: dict[str, str] = {
     "build_cog_version_match": _COG_BASE,
     "wheel_coglet_missing": _COG_WHEELS,
     "wheel_resolution": _COG_WHEELS,
+    "ca_cert": "builds a helper server from Cog's own repository (test-helpers/https-server, with Go); neither is here",
+    "build_pip_freeze": ("expects Cog's own runtime package (coglet) in the image's pip freeze; cogkit's runtime "
+                         "lives in its own environment"),
     "setup_worker_tracing_logs": ("checks the internal Rust tracing lines of Cog's coglet runtime in the setup "
                                   "log (its implementation, not an interface)"),
 }
