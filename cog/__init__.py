@@ -3,6 +3,7 @@ names of Cog 0.23's `cog`, with its deprecation messages for the old ones."""
 import sys as _sys
 from typing import Any as _Any
 
+from cogkit.sdk import COG_VERSION as __version__
 from cogkit.sdk import (
     AsyncConcatenateIterator,
     AsyncIterator,
@@ -26,7 +27,6 @@ from cogkit.sdk import (
     current_scope,
     streaming,
 )
-from cogkit.sdk import COG_VERSION as __version__
 from cogkit.sdk.scope import emit_metric as _emit_metric
 
 

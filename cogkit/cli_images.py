@@ -48,7 +48,7 @@ def errors() -> Iterator[None]:
         fail(f"the Docker engine said: {getattr(e, 'explanation', None) or e}")
 
 
-def _connect() -> Any:
+def connect_engine() -> Any:
     from cogkit.build.builder import connect
     with errors():
         return connect()
@@ -98,7 +98,7 @@ def build(
     if any(config.build.run_mounts):
         fail("build.run mounts secrets (RUN --mount=type=secret), which need BuildKit; this Docker engine "
              "offers only the classic builder, so the image cannot be built here")
-    client = _connect()
+    client = connect_engine()
     with errors():
         result = builder.build(config.project_dir, tag, separate_weights=separate_weights, no_cache=no_cache,
                                client=client, progress=builder.stderr_progress, openapi=openapi)
@@ -141,7 +141,7 @@ def image_openapi(image: str, mode: str) -> dict[str, Any]:
     """The schema a model image carries in its run.cog.openapi_schema label."""
     from cogkit.build import registry
 
-    client = _connect()
+    client = connect_engine()
     _require_image(client, image)
     with errors():
         openapi, _ = registry.image_metadata(image, client)
@@ -159,7 +159,7 @@ def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[st
 
     _stop_signals_interrupt()
     try:
-        client = _connect()
+        client = connect_engine()
         note(f"Starting Docker image {image} and running setup()...")
         with _one_container(client) as name, errors(), project_weights() as volumes:
             model = container.start(image, env=env, client=client, name=name, volumes=volumes)
@@ -240,7 +240,7 @@ def serve_image(image: str, port: int, host: str = "127.0.0.1", upload_url: str 
         fail(f"a model image is served on 127.0.0.1 only (its container shares the host network); not {host}")
     _stop_signals_interrupt()
     try:
-        client = _connect()
+        client = connect_engine()
         _require_image(client, image)
         note(f"Starting {image} on 127.0.0.1:{port}")
         with _one_container(client) as name, project_weights() as volumes:
@@ -277,7 +277,7 @@ def login(
     password = sys.stdin.read().rstrip("\r\n") if password_stdin else typer.prompt("Password", hide_input=True)
     if not password:
         fail("the password is empty")
-    client = _connect()
+    client = connect_engine()
     with errors():
         registry.login(host, username, password, client=client)
     typer.echo(f"Login succeeded: {username} at {host} (stored in {registry.credentials_path()})")
@@ -305,7 +305,7 @@ def push(
 
     from cogkit.build import builder, registry
 
-    client = _connect()
+    client = connect_engine()
     with errors():
         name, tag = registry.split_ref(ref)
     ref = f"{name}:{tag}"

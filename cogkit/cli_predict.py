@@ -191,7 +191,8 @@ def run(request: Request) -> None:
     note("Running training..." if request.mode == "train" else "Running prediction...")
     if request.image:
         from cogkit import cli_images
-        prediction = cli_images.predict_in_image(request.image, values, request.mode, _env_pairs(request.env))
+        # The server fills in defaults itself (and, as Cog's, refuses an explicit null for them).
+        prediction = cli_images.predict_in_image(request.image, raw, request.mode, _env_pairs(request.env))
     else:
         prediction = _predict_locally(request, values)
     show(prediction, openapi, request)

@@ -55,10 +55,17 @@ def init(directory: Path = typer.Argument(Path("."), help="Where to write cog.ya
 def exec_command(
     command: list[str] = typer.Argument(..., help="The command and its arguments"),
     image: str | None = typer.Option(None, "--image", help="Run it in this model image (a container)"),
+    build: bool = typer.Option(False, "--build", help="Build the project's image first and run it there, "
+                                                      "as `cog exec` does"),
+    tag: str | None = typer.Option(None, "-t", "--tag", help="With --build: the image's name"),
     project: Path = typer.Option(Path("."), "--project", help="The project directory"),
 ) -> None:
     """Run a command in the model's environment: the project's managed environment,
     its directory as the working directory (or, with --image, a container of the image)."""
+    if build:
+        if image:
+            fail("give either --image or --build, not both")
+        image = _build_environment(project, tag)
     if image:
         code = _exec_in_image(image, command)
     else:
@@ -84,6 +91,18 @@ def _exec_locally(project: Path, command: list[str]) -> int:
         fail(f"{command[0]}: command not found in the model's environment")
     except KeyboardInterrupt:
         return 130
+
+
+def _build_environment(project: Path, tag: str | None) -> str:
+    """The project's image, for a command: cog.yaml needs no entry point for that."""
+    from cogkit import cli_images
+    from cogkit.build import builder
+
+    config = project_config(project)
+    client = cli_images.connect_engine()
+    with cli_images.errors():
+        result = builder.build(config.project_dir, tag, client=client, progress=builder.stderr_progress)
+    return result.image
 
 
 def _exec_in_image(image: str, command: list[str]) -> int:

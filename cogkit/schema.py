@@ -7,6 +7,7 @@ document has the shape Cog's server produces, so existing clients keep working.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ class SchemaError(Exception):
 
 SUPPORTED_INPUTS = "str, int, float, bool, cog.Path, cog.File, cog.Secret, list[T], dict, Any, Optional[T] / T | None"
 SUPPORTED_OUTPUTS = (SUPPORTED_INPUTS + ", Iterator[T], AsyncIterator[T], ConcatenateIterator[str], "
-                     "a BaseModel subclass defined in the same file")
+                     "a BaseModel subclass or TypedDict defined in a .py file of the project")
 
 _MISSING: Any = object()
 
@@ -90,8 +91,9 @@ def _dotted(node: ast.AST) -> str | None:
 class _Module:
     """One parsed source file: its imports, top-level constants, classes and functions."""
 
-    def __init__(self, path: Path, label: str) -> None:
+    def __init__(self, path: Path, label: str, load: Callable[[str, str], _Module | None] = lambda _m, _f: None) -> None:
         self.label = label
+        self._load = load  # (dotted module, importing file) -> that project file's _Module, if it is one
         try:
             source = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -156,7 +158,10 @@ class _Module:
             modname, _, attr = f"{module}.{rest}".rpartition(".")
             return _KINDS.get((_group(modname), attr))
         if head in self.names:
-            return _KINDS.get(self.names[head])
+            known = _KINDS.get(self.names[head])
+            if known is None and self.foreign(head) is not None:
+                return "class:" + head  # a class from another file of the project
+            return known
         if head in self.classes:
             return "class:" + head
         if head in _BUILTINS:
@@ -220,11 +225,20 @@ class _Module:
             return schema
         if output and top and kind == "None":
             return {"nullable": True}
+        if kind and kind.startswith("class:") and (owner := self.foreign(kind[6:])) is not None:
+            # defined in another file: read it there, with that file's imports
+            module, name = owner
+            return module.type_schema(ast.Name(id=name), where, output, top, seen)
         if kind and kind.startswith("class:") and self._is_typeddict(kind[6:]):
             # As Cog: a TypedDict input is a plain object; as an output, its fields are listed.
             return self._typeddict_schema(kind[6:], where, seen) if output else {"type": "object"}
         if output and kind and kind.startswith("class:"):
             return self._model_schema(kind[6:], where, seen)
+        if isinstance(head, ast.Name) and head.id in self.names and kind is None:
+            group = self.names[head.id][0]
+            if group not in ("cog", "typing", "pydantic", "builtins"):  # Cog's words for it
+                raise SchemaError(f"{where}: cannot resolve type '{head.id}' (imported from '{group}'); a type "
+                                  f"from another file must be a class defined in that .py file of the project")
         supported = SUPPORTED_OUTPUTS if output else SUPPORTED_INPUTS
         raise SchemaError(f"{where}: unsupported type '{ast.unparse(node)}'; supported "
                           f"{'output' if output else 'input'} types: {supported}")
@@ -247,6 +261,8 @@ class _Module:
         return {"anyOf": variants, **({"nullable": True} if nullable else {})}
 
     def _is_model(self, name: str, seen: frozenset = frozenset()) -> bool:
+        if (owner := self.foreign(name)) is not None:
+            return owner[0]._is_model(owner[1], seen)
         cls = self.classes[name]
         for base in cls.bases:
             k = self.kind(base)
@@ -255,6 +271,16 @@ class _Module:
             if k and k.startswith("class:") and k[6:] not in seen and self._is_model(k[6:], seen | {name}):
                 return True
         return False
+
+    def foreign(self, name: str) -> tuple[_Module, str] | None:
+        """(module, class name there) for `from other_file import Name` naming a class of the project."""
+        if name in self.classes or name not in self.names:
+            return None
+        group, imported = self.names[name]
+        module = self._load(group, self.label) if group not in ("cog", "typing", "pydantic", "<relative>") else None
+        if module is None or imported not in module.classes:
+            return None
+        return module, imported
 
     def _is_typeddict(self, name: str) -> bool:
         return any(self.kind(base) == "TypedDict" for base in self.classes[name].bases)
@@ -326,7 +352,9 @@ class _Module:
             if cls in chain:
                 continue
             chain.insert(0, cls)
-            todo += [k[6:] for k in map(self.kind, cls.bases) if k and k.startswith("class:")]
+            # (a base class from another file is not followed: its fields are not listed)
+            todo += [k[6:] for k in map(self.kind, cls.bases)
+                     if k and k.startswith("class:") and k[6:] in self.classes]
         return chain
 
     # ---- literal values (defaults and Input(...) arguments)
@@ -393,8 +421,17 @@ class _Builder:
             rel += ".py"
             path = self.project_dir / rel
         if rel not in self.modules:
-            self.modules[rel] = _Module(path, rel)
+            self.modules[rel] = _Module(path, rel, self.imported)
         return self.modules[rel]
+
+    def imported(self, dotted: str, importer: str) -> _Module | None:
+        """The project file `import dotted` reads, from the project root or beside the importer (as the
+        model's sys.path has them); a package's __init__ is not followed, as Cog's generator doesn't."""
+        rel = dotted.replace(".", "/") + ".py"
+        for candidate in (rel, str(Path(importer).parent / rel)):
+            if (self.project_dir / candidate).is_file():
+                return self.module(str(Path(candidate)))
+        return None
 
     def entry(self, ref: str, mode: str) -> tuple[_Module, ast.FunctionDef | ast.AsyncFunctionDef, str, bool]:
         """The function (or method) a ref names: (module, node, display name, is a method)."""

@@ -139,8 +139,7 @@ class Registry:
                 raise WeightsError(f"fetching {digest}: the registry answered {response.status_code}")
             tmp = target.with_name(target.name + f".part-{os.getpid()}")
             with open(tmp, "wb") as f:
-                for chunk in response.iter_bytes():
-                    f.write(chunk)
+                f.writelines(response.iter_bytes())
         if _digest(tmp) != digest:
             tmp.unlink()
             raise WeightsError(f"fetching {digest}: the bytes do not match their digest")

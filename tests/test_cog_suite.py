@@ -11,6 +11,7 @@ skips name what this machine lacks (tests/cog_suite/skips.py), and the list of
 them is printed at the end of the session."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from tests.cog_suite.skips import skip_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT.parent / "shared" / "peer-suites" / "cog"
-MODES = ("local", "image")
+# Both by default; COGKIT_COG_SUITE_MODES=local (or image) runs one, e.g. to split CI across jobs.
+MODES = tuple(m for m in os.environ.get("COGKIT_COG_SUITE_MODES", "local,image").split(",") if m in ("local", "image"))
 PYTHON_HERE = "3.11"
 _PYTHON_VERSION = re.compile(r"""^(\s*python_version:\s*)(["']?)3\.(1[0-9])(["']?)""", re.MULTILINE)
 

@@ -510,3 +510,29 @@ def test_cog_markers_streaming_accept_and_optional_secret(tmp_path):
     assert doc["components"]["schemas"]["Input"]["required"] == ["audio", "seed"]
     plain = build_openapi(project(tmp_path, body.replace("@cog.streaming", "")), "predict.py:Predictor")
     assert "x-cog-streaming" not in plain["paths"]["/predictions"]["post"]
+
+
+def test_models_from_other_files_of_the_project(tmp_path):
+    """As Cog's generator: a class imported from a .py file of the project is read there
+    (with that file's imports); one from a package's __init__ is not resolved."""
+    (tmp_path / "output_types.py").write_text(textwrap.dedent("""
+        from pydantic import BaseModel
+        class Output(BaseModel):
+            text: str
+            tags: list[str] = []
+    """))
+    doc = build_openapi(project(tmp_path, """
+        from output_types import Output
+        class Predictor(BasePredictor):
+            def predict(self, prompt: str) -> Output: ...
+    """), "predict.py:Predictor")
+    out = doc["components"]["schemas"]["Output"]
+    assert out["properties"]["text"] == {"title": "Text", "type": "string"} and out["required"] == ["text"]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("from cog import BaseModel\nclass Result(BaseModel):\n    x: int\n")
+    msg = error(tmp_path, """
+        from pkg import Result
+        class Predictor(BasePredictor):
+            def predict(self) -> Result: ...
+    """)
+    assert "cannot resolve type 'Result' (imported from 'pkg')" in msg

@@ -182,6 +182,9 @@ def write_context(config: Config, dockerfile_text: str, files: df.ProjectFiles,
         if ca is not None:
             _add_bytes(tar, L.ca_bundle, ca.read_bytes())
         _add_bytes(tar, L.requirements, df.requirements_text(config).encode())
+        for rel in df.local_requirement_files(config):
+            tar.add(str(Path(config.project_dir) / rel), f"{L.local_requirements}/{rel}", recursive=False,
+                    filter=_normalize)
         for path, rel in _sdk_files():
             tar.add(str(path), f"{L.sdk}/{rel}", recursive=False, filter=_normalize)
         root = Path(config.project_dir)

@@ -60,6 +60,7 @@ class ContextLayout:
     pip_conf = ".cogkit/pip/pip.conf"
     ca_bundle = ".cogkit/pip/ca.crt"
     requirements = ".cogkit/requirements.txt"
+    local_requirements = ".cogkit/local"  # project files named in the requirements (sdists, wheels)
     sdk = ".cogkit/sdk"                # copies of the cogkit/ and cog/ packages
     weights = ".cogkit/weights"        # large files, mirrored at their paths under /src
     src = "src"
@@ -95,6 +96,21 @@ def requirements_text(config: Config) -> str:
         if index:
             lines.append(f"--extra-index-url {index}")
     return "\n".join(lines + reqs) + ("\n" if lines or reqs else "")
+
+
+def local_requirement_files(config: Config) -> list[str]:
+    """Requirement lines that are files of the project (./dist/pkg.tar.gz, a wheel): they go
+    into the deps stage with the same relative paths, so the lines resolve there as here."""
+    root = Path(config.project_dir).resolve()
+    found = []
+    for line in config.requirements():
+        candidate = line.strip()
+        if not candidate or candidate.startswith("-") or "://" in candidate:
+            continue
+        path = (root / candidate).resolve()
+        if path.is_file() and path.is_relative_to(root):
+            found.append(path.relative_to(root).as_posix())
+    return found
 
 
 def select_files(project_dir: str | os.PathLike, separate_weights: bool = False,
@@ -212,12 +228,16 @@ def generate(config: Config, openapi: dict | None = None, *, has_requirements: b
             "PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1"]
 
     deps = [f"{py} -m venv {MODEL_VENV}"]
+    local_files = local_requirement_files(config)
     if has_requirements:
-        deps.append(f"{MODEL_VENV}/bin/pip install --progress-bar off -r {PIP_DIR}/requirements.txt")
+        # Local artifacts sit under local/ with their project paths, and pip runs from there.
+        in_dir = f"cd {PIP_DIR}/local && " if local_files else ""
+        deps.append(f"{in_dir}{MODEL_VENV}/bin/pip install --progress-bar off -r {PIP_DIR}/requirements.txt")
     deps += [f"echo {SDK_DIR} > {_site_packages(MODEL_VENV)}/cogkit-sdk.pth",
              f"{MODEL_VENV}/bin/python -m pip freeze > {FREEZE_FILE}"]
     out += ["", "FROM pip AS deps",
             f"COPY {L.requirements} {PIP_DIR}/requirements.txt",
+            *([f"COPY {L.local_requirements}/ {PIP_DIR}/local/"] if local_files else []),
             "RUN " + " \\\n && ".join(deps)]
 
     runtime_reqs = " ".join(shlex.quote(r) for r in RUNTIME_REQUIREMENTS)

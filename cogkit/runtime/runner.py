@@ -396,6 +396,13 @@ class Runner:
             except TimeoutError:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 await self._proc.wait()
+        if self._proc:
+            # What the model started and left running (a server forked in setup) goes with it,
+            # as it would with its container.
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for task in list(self._tasks):
             task.cancel()
         await self._http.aclose()

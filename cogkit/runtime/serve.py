@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from cogkit.config import Config, load_config
 from cogkit.inputs import file_fields
-from cogkit.runtime.http import create_app
+from cogkit.runtime.http import FastPath, create_app
 from cogkit.runtime.runner import Runner
 from cogkit.schema import build_openapi
 
@@ -48,5 +48,6 @@ def serve(project: str, python: str, host: str, port: int, upload_url: str | Non
 
     app = build_app(load_config(project), python, upload_url, request_shutdown)
     # No access log: it was filtered out at "warning" anyway, after being formatted for every request.
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(FastPath(app), host=host, port=port, log_level="warning",
+                                           access_log=False))
     server.run()

@@ -41,25 +41,55 @@ class Events:
     def __init__(self, fd: int) -> None:
         self._out = os.fdopen(fd, "wb", buffering=0)
         self._lock = threading.Lock()
+        self.before_done: list[Any] = []  # called with the id a DONE/SETUP_DONE ends: flush its logs first
 
     def send(self, kind: str, **fields: Any) -> None:
+        if kind in (m.DONE, m.SETUP_DONE):
+            for flush in self.before_done:
+                flush(fields.get("id"))
         data = m.encode(kind, **fields)
         with self._lock:
             self._out.write(data)
 
 
 class LogStream(io.TextIOBase):
-    """Replaces sys.stdout/sys.stderr: each write becomes a log event of the
-    prediction running in this context (None during setup)."""
+    """Replaces sys.stdout/sys.stderr: each line written becomes a log event of the
+    prediction running in this context (None during setup). Line-buffered, as
+    Cog's log writer is: print() writes its text and its "\n" separately, and one
+    event per line halves the events of the commonest log. A line not yet ended
+    goes out on flush() and before its prediction's (or setup's) end."""
 
     def __init__(self, events: Events, name: str) -> None:
         self._events = events
         self.name = name
+        self._pending: dict[str | None, str] = {}  # prediction id -> text after its last newline
+        self._lock = threading.Lock()
+        events.before_done.append(self.flush_for)
 
     def write(self, text: str) -> int:
-        if text:
-            self._events.send(m.LOG, id=_prediction_id.get(), text=text)
+        if not text:
+            return 0
+        pid = _prediction_id.get()
+        with self._lock:
+            buffered = self._pending.pop(pid, "") + text
+            end = buffered.rfind("\n") + 1
+            if end < len(buffered):
+                self._pending[pid] = buffered[end:]
+        if end:
+            self._events.send(m.LOG, id=pid, text=buffered[:end])
         return len(text)
+
+    def flush_for(self, pid: str | None) -> None:
+        with self._lock:
+            text = self._pending.pop(pid, "")
+        if text:
+            self._events.send(m.LOG, id=pid, text=text)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for pid, text in pending.items():
+            self._events.send(m.LOG, id=pid, text=text)
 
     def writable(self) -> bool:
         return True

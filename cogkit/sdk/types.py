@@ -85,7 +85,7 @@ class URLFile(io.IOBase):
     def _target(self) -> Any:
         if self._response is None:
             import urllib.request
-            self._response = urllib.request.urlopen(self.url, timeout=10)  # noqa: S310 - http(s) checked above
+            self._response = urllib.request.urlopen(self.url, timeout=10)
         return self._response
 
     def read(self, size: int = -1) -> bytes:

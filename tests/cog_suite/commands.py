@@ -53,33 +53,39 @@ class _BuildFailedAsExpected(Exception):
     pass
 
 
-def cog(script: Script, line: Line, args: list[str]) -> None:
-    args = script.expand_again(args)
+def cog_argv(script: Script, line: Line, args: list[str]) -> list[str]:
+    """The cogkit command for a `cog ...` line in this mode (image mode builds first where Cog would).
+    Raises _BuildFailedAsExpected when that build fails under `!`."""
     image = script.env["TEST_IMAGE"]
     sub = args[0] if args else ""
+    if script.mode == "local":
+        if sub == "build":
+            args = ["build", "--check", *args[1:]]
+        elif sub in RUNS_A_PROJECT and len(args) > 1 and args[1] == image:
+            args = [sub, *args[2:]]
+    elif sub in RUNS_A_PROJECT and not _positional_image(args, image):
+        _build_quietly(script, line)
+        args = [sub, image, *args[1:]]
+    elif sub == "exec":  # Cog's exec builds the project's environment image first
+        args = ["exec", "--build", "-t", image, *args[1:]]
+    return [*COGKIT, *args]
+
+
+def cog(script: Script, line: Line, args: list[str]) -> None:
+    args = script.expand_again(args)
     try:
-        if sub == "serve":
+        if args and args[0] == "serve":
             port = free_port()
             extra = []
             if script.mode == "image":
                 _build_quietly(script, line)
-                extra = ["--image", image]
+                extra = ["--image", script.env["TEST_IMAGE"]]
             script.start_server(line, [*COGKIT, "serve", "-p", str(port), *args[1:], *extra], port)
             return
-        if script.mode == "local":
-            if sub == "build":
-                args = ["build", "--check", *args[1:]]
-            elif sub in RUNS_A_PROJECT and len(args) > 1 and args[1] == image:
-                args = [sub, *args[2:]]
-        elif sub in RUNS_A_PROJECT and not _positional_image(args, image):
-            _build_quietly(script, line)
-            args = [sub, image, *args[1:]]
-        elif sub == "exec":
-            _build_quietly(script, line)
-            args = ["exec", "--image", image, *args[1:]]
+        argv = cog_argv(script, line, args)
     except _BuildFailedAsExpected:
         return
-    script.exec(line, [*COGKIT, *args], expect_failure=line.negate, what="cog command")
+    script.exec(line, argv, expect_failure=line.negate, what="cog command")
 
 
 # --- HTTP -------------------------------------------------------------------------------
@@ -220,7 +226,7 @@ def pty_run(script: Script, line: Line, args: list[str]) -> None:
 
     args = script.expand_again(args)
     text = b"" if args[0] == "/dev/null" else (script.here / args[0]).read_bytes()
-    argv = [*COGKIT, *args[2:]] if args[1] == "cog" else args[1:]
+    argv = cog_argv(script, line, args[2:]) if args[1] == "cog" else args[1:]
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec at once, nothing else
         os.chdir(script.here)

@@ -25,6 +25,9 @@ NEEDS: dict[str, str] = {
     "build_cog_version_match": _COG_BASE,
     "wheel_coglet_missing": _COG_WHEELS,
     "wheel_resolution": _COG_WHEELS,
+    "ca_cert": "builds a helper server from Cog's own repository (test-helpers/https-server, with Go); neither is here",
+    "build_pip_freeze": ("expects Cog's own runtime package (coglet) in the image's pip freeze; cogkit's runtime "
+                         "lives in its own environment"),
     "setup_worker_tracing_logs": ("checks the internal Rust tracing lines of Cog's coglet runtime in the setup "
                                   "log (its implementation, not an interface)"),
 }
@@ -44,6 +47,8 @@ def skip_reason(name: str, text: str, mode: str) -> str | None:
         return "inspects the built image (docker inspect/run/push): runs in image mode only"
     if mode == "local" and "weights:" in text and re.search(r"^\s*cog (predict|run|serve)", script, re.MULTILINE):
         return "mounts managed weights at their absolute targets in the container (/src/...): image mode only"
+    if mode == "local" and name == "zsh_package":
+        return "checks that system_packages (apt) are installed in the image: image mode only"
     if mode == "local" and "Image built as" in script:
         return "checks what `cog build` says about the image it built: runs in image mode only"
     builds = re.findall(r"^\s*(!\s+)?cog build", script, re.MULTILINE)
