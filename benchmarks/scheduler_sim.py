@@ -102,6 +102,14 @@ def steady_decisions_per_s(sim: Simulation, decisions: int) -> float:
     return decisions / (time.perf_counter() - started)
 
 
+def calibration_ms() -> float:
+    """How busy this machine is: 2M integer additions take ~70 ms on an idle core."""
+    started, total = time.perf_counter(), 0
+    for i in range(2_000_000):
+        total += i
+    return 1000 * (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=1000)
@@ -112,6 +120,7 @@ def main() -> None:
     parser.add_argument("--weights-mib", type=int, default=512, help="the model's weights for the cold start")
     args = parser.parse_args()
 
+    print(f"CPU calibration: 2M integer additions took {calibration_ms():.0f} ms (~70 ms on an idle core)")
     if args.nodes == 0:  # only the cold start
         for name, seconds in cold_start(args.weights_mib).items():
             print(f"{name:24} {seconds * 1000:8.0f} ms")
@@ -129,6 +138,7 @@ def main() -> None:
     print()
     print(render(reports))
     print(f"{'steady-state decisions/s':30}  " + "".join(f"{s:>16,.0f}" for s in steady))
+    print(f"CPU calibration after the runs: {calibration_ms():.0f} ms")
     print(f"\ncold start of {args.weights_mib} MiB of weights:")
     timings = cold_start(args.weights_mib)
     for name, seconds in timings.items():

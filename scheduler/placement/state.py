@@ -588,41 +588,41 @@ class ClusterState:
         def rank(key: Key) -> Rank:
             return key if spread else (-key[0], -key[1])
 
-        def keys(keys_sorted: list[Key]) -> Iterable[Key]:
-            start = bisect.bisect_left(keys_sorted, (need, -1))
-            positions = range(len(keys_sorted) - 1, start - 1, -1) if spread else range(start, len(keys_sorted))
-            return (keys_sorted[i] for i in positions)
-
-        capable = index.capable(request.min_compute_capability)
-        if request.gpu_count == 1:
-            for bands in capable:
-                for band, keys_sorted in enumerate(bands):
-                    top = self._band_top[band]
-                    for key in keys(keys_sorted):
-                        gpu = by_order[key[1]]
-                        if best:
-                            budget[0] -= 1
-                            if budget[0] < 0:
-                                return
-                            # _fit, inlined: the same float operations, so the same value
-                            leftover = (key[0] - need) / reference
-                            bound = weight * (leftover if spread else 1.0 - leftover) + top + points + 0.0
-                            if bound < best[0] or (bound == best[0] and rank(key) < best[1]):
-                                break
-                            # anti-affinity is known before scoring: skip what it already rules out
-                            # (_affinity_penalty, inlined)
-                            on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
-                            if on_node > share or on_gpu:
-                                penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
-                                if bound - penalty < best[0]:
-                                    continue
-                        if skip_cached and version in gpu.node.cached:
-                            continue
-                        if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
-                            terms = self._terms(gpu.node, [gpu], request, share)
-                            self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node,
-                                           [gpu])
-            return
+        for bands in index.capable(request.min_compute_capability):
+            for band, keys_sorted in enumerate(bands):
+                if not keys_sorted:
+                    continue
+                end = len(keys_sorted)
+                start = bisect.bisect_left(keys_sorted, (need, -1))
+                if start == end:
+                    continue
+                top = self._band_top[band]
+                i, step, stop = (end - 1, -1, start - 1) if spread else (start, 1, end)
+                while i != stop:
+                    key = keys_sorted[i]
+                    i += step
+                    gpu = by_order[key[1]]
+                    if best:
+                        budget[0] -= 1
+                        if budget[0] < 0:
+                            return
+                        # _fit, inlined: the same float operations, so the same value
+                        leftover = (key[0] - need) / reference
+                        bound = weight * (leftover if spread else 1.0 - leftover) + top + points + 0.0
+                        if bound < best[0] or (bound == best[0] and rank(key) < best[1]):
+                            break
+                        # anti-affinity is known before scoring: skip what it already rules out
+                        # (_affinity_penalty, inlined)
+                        on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
+                        if on_node > share or on_gpu:
+                            penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
+                            if bound - penalty < best[0]:
+                                continue
+                    if skip_cached and version in gpu.node.cached:
+                        continue
+                    if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
+                        terms = self._terms(gpu.node, [gpu], request, share)
+                        self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node, [gpu])
 
     def _best_on_nodes(self, request: ReplicaRequest, now: float, best: list[Any]) -> None:
         """Several GPUs per replica: score whole nodes, those holding the version's snapshot
