@@ -18,26 +18,27 @@ refusals <= either baseline's, a local snapshot >= 10x faster than origin.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
-from pathlib import Path
 
 # The repository root instead of benchmarks/ first on the path: a module there named like a
-# standard one (benchmarks/platform.py) would otherwise shadow it.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+# standard one (benchmarks/platform.py) would otherwise shadow it for every import below.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import http.server
-import json
-import struct
-import tempfile
-import threading
-from collections.abc import Iterable
+import http.server  # noqa: E402
+import json  # noqa: E402
+import struct  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import httpx
+import httpx  # noqa: E402
 
-from scheduler.simulate import POLICIES, Simulation, render
-from scheduler.snapshots import SnapshotCache
-from scheduler.tracegen import generate_trace
+from scheduler.simulate import POLICIES, Simulation, render  # noqa: E402
+from scheduler.snapshots import SnapshotCache  # noqa: E402
+from scheduler.tracegen import generate_trace  # noqa: E402
 
 
 def read_every_tensor(cache: SnapshotCache, version: str, verify: str) -> None:
