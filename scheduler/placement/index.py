@@ -59,7 +59,8 @@ class NodeEntry:
         self.models: Counter[str] = Counter()
         self.gpus: list[GpuEntry] = []
         self.max_free = -1  # the most effective free memory of any indexed GPU: first fit skips full nodes
-        self.kth: dict[int, tuple[int, int]] = {}  # k -> its entry in ClusterState._kth[k]
+        # k -> (the capability it was filed under, its entry in ClusterState._kth)
+        self.kth: dict[int, tuple[tuple[int, int], tuple[int, int]]] = {}
 
     def indexed_frees(self) -> list[int]:
         """Effective free memory of the GPUs that can take work, most first."""

@@ -70,7 +70,9 @@ class ClusterState:
         self._cached_on: Counter[str] = Counter()  # version -> nodes holding its snapshot
         self._cached_nodes: dict[str, set[str]] = {}  # version -> names of those nodes
         # Multi-GPU replicas walk nodes: k -> sorted (k-th most free memory of a node's GPUs, node ordinal)
-        self._kth: dict[int, list[tuple[int, int]]] = {}
+        # (k, the node's best compute capability) -> sorted (k-th most free memory, node ordinal)
+        self._kth: dict[tuple[int, tuple[int, int]], list[tuple[int, int]]] = {}
+        self._kth_sizes: set[int] = set()
         self._nodes_by_ordinal: dict[int, NodeEntry] = {}
         self._model_replicas: Counter[str] = Counter()  # model -> starting + ready replicas
         self._capable: dict[tuple[tuple[int, int], tuple[tuple[str, str], ...]], int] = {}  # -> nodes
@@ -219,25 +221,25 @@ class ClusterState:
     def _refresh_node(self, node: NodeEntry) -> None:
         frees = node.indexed_frees()
         node.max_free = frees[0] if frees else -1
-        for k, index in self._kth.items():
+        capability = max((g.capability for g in node.gpus), default=(0, 0))
+        for k in self._kth_sizes:
             old = node.kth.pop(k, None)
             if old is not None:
-                del index[bisect.bisect_left(index, old)]
+                index = self._kth[(k, old[0])]
+                del index[bisect.bisect_left(index, old[1])]
             if len(frees) >= k:
-                node.kth[k] = entry = (frees[k - 1], node.ordinal)
-                bisect.insort(index, entry)
+                entry = (frees[k - 1], node.ordinal)
+                node.kth[k] = (capability, entry)
+                bisect.insort(self._kth.setdefault((k, capability), []), entry)
 
-    def _kth_index(self, k: int) -> list[tuple[int, int]]:
-        index = self._kth.get(k)
-        if index is None:
-            index = self._kth[k] = []
+    def _kth_lists(self, k: int, min_capability: tuple[int, int]) -> list[list[tuple[int, int]]]:
+        """Per node capability, the nodes that have k GPUs able to take work, by the k-th one's free memory."""
+        if k not in self._kth_sizes:
+            self._kth_sizes.add(k)
             for node in self._nodes.values():
-                frees = node.indexed_frees()
-                if len(frees) >= k:
-                    node.kth[k] = entry = (frees[k - 1], node.ordinal)
-                    index.append(entry)
-            index.sort()
-        return index
+                self._refresh_node(node)
+        return [index for (size, capability), index in sorted(self._kth.items())
+                if size == k and capability >= min_capability]
 
     def _unindex(self, gpu: GpuEntry) -> None:
         if gpu.key is None:
@@ -544,12 +546,15 @@ class ClusterState:
         while the candidates fit in max_walk / 64 nodes; after that, the best of those."""
         k, share, need = request.gpu_count, self._even_share(request), request.gpu_memory_bytes
         budget = max(1, self.policy.max_walk // 64)
-        index = self._kth_index(k)
-        start = bisect.bisect_left(index, (request.gpu_memory_bytes, -1))
         spread = self.policy.strategy is Strategy.SPREAD
-        positions = range(len(index) - 1, start - 1, -1) if spread else range(start, len(index))
-        local = sorted(self._cached_nodes.get(request.version, ()))
-        nodes = itertools.chain((self._nodes[n] for n in local), (self._nodes_by_ordinal[index[i][1]] for i in positions))
+
+        def in_order(index: list[tuple[int, int]]) -> Iterable[NodeEntry]:
+            start = bisect.bisect_left(index, (need, -1))
+            positions = range(len(index) - 1, start - 1, -1) if spread else range(start, len(index))
+            return (self._nodes_by_ordinal[index[i][1]] for i in positions)
+
+        local = (self._nodes[n] for n in sorted(self._cached_nodes.get(request.version, ())))
+        nodes = itertools.chain(local, *(in_order(index) for index in self._kth_lists(k, request.min_compute_capability)))
         for node in nodes:
             if best:
                 budget -= 1
