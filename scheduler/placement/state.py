@@ -613,6 +613,17 @@ class ClusterState:
             ranked.sort(key=lambda c: (c[0].score, c[1]), reverse=True)
         return [c for c, _ in ranked], failures, considered
 
+    def prefetch_targets(self, request: ReplicaRequest, now: float, count: int) -> list[str]:
+        """The nodes placement would pick next for this version that lack its snapshot, best
+        first: where to pre-fetch it (`SnapshotCache.prefetch`) before the replica is asked for."""
+        targets: list[str] = []
+        for candidate in self.evaluate_all(request, now)[0]:
+            if len(targets) == count:
+                break
+            if candidate.node not in targets and request.version not in self._nodes[candidate.node].cached:
+                targets.append(candidate.node)
+        return targets
+
     def no_fit(self, request: ReplicaRequest, now: float) -> NoFit:
         _, failures, considered = self.evaluate_all(request, now)
         if request.gpu_count:
