@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import make_url
@@ -120,7 +121,7 @@ class Store:
             with conn.begin():
                 yield conn
 
-    def insert(self, table):
+    def insert(self, table: Any) -> Any:
         """The backend's INSERT construct, with on_conflict_do_nothing/do_update (same API on both)."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert

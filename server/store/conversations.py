@@ -18,7 +18,7 @@ class ConversationRepo:
     def save(self, id: str, tenant_id: str, messages: list[dict[str, Any]]) -> None:
         """Saving the same response id again is a no-op (a retried write)."""
         with self.store.begin() as conn:
-            conn.execute(self.store.insert(conversations)  # type: ignore[no-untyped-call]  # (Store.insert: either dialect's)
+            conn.execute(self.store.insert(conversations)  # (Store.insert: either dialect's)
                          .values(id=id, tenant_id=tenant_id, messages=messages, created_at=utcnow())
                          .on_conflict_do_nothing())
 
