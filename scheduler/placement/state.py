@@ -504,41 +504,48 @@ class ClusterState:
         def rank(key: Key) -> Rank:
             return key if spread else (-key[0], -key[1])
 
+        # The lists in order of the best bound each could offer, so the likely winner comes
+        # first and the other lists stop at their first key.
+        lists = []
         for bands in index.capable(request.min_compute_capability):
             for band, keys_sorted in enumerate(bands):
-                if not keys_sorted:
-                    continue
                 end = len(keys_sorted)
                 start = bisect.bisect_left(keys_sorted, (need, -1))
-                if start == end:
+                if start < end:
+                    first = keys_sorted[end - 1 if spread else start][0]
+                    leftover = (first - need) / reference
+                    opening = weight * (leftover if spread else 1.0 - leftover) + self._band_top[band]
+                    lists.append((opening, band, start, keys_sorted))
+        lists.sort(key=lambda entry: -entry[0])
+        for _, band, start, keys_sorted in lists:
+            end = len(keys_sorted)
+            top = self._band_top[band]
+            i, step, stop = (end - 1, -1, start - 1) if spread else (start, 1, end)
+            while i != stop:
+                key = keys_sorted[i]
+                i += step
+                gpu = by_order[key[1]]
+                if best:
+                    budget[0] -= 1
+                    if budget[0] < 0:
+                        return
+                    # _fit, inlined: the same float operations, so the same value
+                    leftover = (key[0] - need) / reference
+                    bound = weight * (leftover if spread else 1.0 - leftover) + top + points + 0.0
+                    if bound < best[0] or (bound == best[0] and rank(key) < best[1]):
+                        break
+                    # anti-affinity is known before scoring: skip what it already rules out
+                    # (_affinity_penalty, inlined)
+                    on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
+                    if on_node > share or on_gpu:
+                        penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
+                        if bound - penalty < best[0]:
+                            continue
+                if skip_cached and version in gpu.node.cached:
                     continue
-                top = self._band_top[band]
-                i, step, stop = (end - 1, -1, start - 1) if spread else (start, 1, end)
-                while i != stop:
-                    key = keys_sorted[i]
-                    i += step
-                    gpu = by_order[key[1]]
-                    if best:
-                        budget[0] -= 1
-                        if budget[0] < 0:
-                            return
-                        # _fit, inlined: the same float operations, so the same value
-                        leftover = (key[0] - need) / reference
-                        bound = weight * (leftover if spread else 1.0 - leftover) + top + points + 0.0
-                        if bound < best[0] or (bound == best[0] and rank(key) < best[1]):
-                            break
-                        # anti-affinity is known before scoring: skip what it already rules out
-                        # (_affinity_penalty, inlined)
-                        on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
-                        if on_node > share or on_gpu:
-                            penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
-                            if bound - penalty < best[0]:
-                                continue
-                    if skip_cached and version in gpu.node.cached:
-                        continue
-                    if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
-                        terms = self._terms(gpu.node, [gpu], request, share)
-                        self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node, [gpu])
+                if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
+                    terms = self._terms(gpu.node, [gpu], request, share)
+                    self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node, [gpu])
 
     def _best_on_nodes(self, request: ReplicaRequest, now: float, best: list[Any]) -> None:
         """Several GPUs per replica: score whole nodes, those holding the version's snapshot
