@@ -19,23 +19,23 @@ import sys
 # standard library's `platform` module (which uuid imports): look in the repository instead.
 sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
 
-import argparse
-import asyncio
-import os
-import statistics
-import tempfile
-import time
-import uuid
-from pathlib import Path
+import argparse  # noqa: E402 - after the sys.path fix above
+import asyncio  # noqa: E402 - after the sys.path fix above
+import os  # noqa: E402 - after the sys.path fix above
+import statistics  # noqa: E402 - after the sys.path fix above
+import tempfile  # noqa: E402 - after the sys.path fix above
+import time  # noqa: E402 - after the sys.path fix above
+import uuid  # noqa: E402 - after the sys.path fix above
+from pathlib import Path  # noqa: E402 - after the sys.path fix above
 
-import httpx
+import httpx  # noqa: E402 - after the sys.path fix above
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(1, str(ROOT / "tests"))
 
-from test_gateway_harness import GatewayProc
+from test_gateway_harness import GatewayProc  # noqa: E402 - after the sys.path fix above
 
-from cogkit.build import builder, registry
+from cogkit.build import builder, registry  # noqa: E402 - after the sys.path fix above
 
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"

@@ -21,6 +21,7 @@ from scheduler.placement import (
     explain,
     gpu_memory_for_model,
 )
+from scheduler.simulate import register_commands
 from scheduler.telemetry.base import SpecError, parse_bytes, parse_compute_capability
 from scheduler.telemetry.simulated import SimulatedInventory
 
@@ -125,14 +126,7 @@ def explain_command(
     typer.echo(json.dumps(result.to_dict(top), indent=2) if as_json else result.render(top))
 
 
-def _register_simulation() -> None:
-    # The simulation commands live with the simulation; imported here so `explain` stays light.
-    from scheduler.simulate import register_commands
-
-    register_commands(app)
-
-
-_register_simulation()
+register_commands(app)  # simulate and generate-trace live with the simulation
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -51,7 +51,7 @@ from scheduler.runtimes.base import (
     StartedReplica,
 )
 
-log = logging.getLogger("cogkit.controller")
+log = logging.getLogger("cogkit.platform.controller")
 LOG_TAIL = 20
 BACKOFF_BASE = 1.0          # seconds before the first restart after a failure; doubled per failure
 BACKOFF_MAX = 60.0

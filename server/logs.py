@@ -43,7 +43,7 @@ def setup_logging(level: str = "INFO") -> logging.Logger:
     """JSON lines for the gateway's logger and uvicorn's, so one parser reads them all."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
-    for name in (LOGGER, "uvicorn", "uvicorn.error"):
+    for name in (LOGGER, "cogkit.platform", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())

@@ -90,14 +90,14 @@ def _inventory_file(home: Path) -> str | None:
 def _admin_key(gateway: Any, home: Path) -> str:
     """The admin key `up` prints each time: made on first start and kept (mode 600) in $COGKIT_HOME."""
     path = home / "admin-key"
-    key = gateway.auth.first_start_admin_key()
+    key: str | None = gateway.auth.first_start_admin_key()
     if key is None and path.exists():
         return path.read_text().strip()
     if key is None:   # the store was made by `cogkit gateway`, whose key was shown once: make one for `up`
         from server.auth import DEFAULT_TENANT
         if gateway.auth.get_tenant(DEFAULT_TENANT) is None:
             gateway.auth.create_tenant(DEFAULT_TENANT)
-        key = gateway.auth.create_key(DEFAULT_TENANT, name="cogkit up", admin=True)[1]
+        key = str(gateway.auth.create_key(DEFAULT_TENANT, name="cogkit up", admin=True)[1])
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")

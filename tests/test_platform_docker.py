@@ -118,7 +118,10 @@ class Platform:
         def check() -> list[dict] | None:
             replicas = [r for r in self.status(model).get("replicas", []) if r["state"] == "ready"]
             return replicas if len(replicas) == count else None
-        return until(check, timeout, f"{count} ready replicas of {model}: {self.gw.logs()[-2000:]}")
+        try:
+            return until(check, timeout, f"{count} ready replicas of {model}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nstatus: {self.status(model)}\n{self.gw.logs()[-3000:]}") from None
 
     def containers(self, running_only: bool = True) -> list[dict]:
         return self.engine.containers(all=not running_only, filters={"label": f"{LABEL_PLATFORM}={self.instance}"})

@@ -353,3 +353,11 @@ def test_incremental_updates_match_a_rebuild() -> None:
     state.remove_replica("extra")
     request = req(memory_gib=10)
     assert state.place(request, NOW) == ClusterState.build(inventory, running).place(request, NOW)
+
+
+def test_prefetch_targets_are_the_next_picks_without_the_snapshot() -> None:
+    inv = snap(node("a", gpu("a1", used=40), cached=("v1",)), node("b", gpu("b1", used=30)), node("c", gpu("c1")),
+               node("d", gpu("d1", used=79)))
+    state = ClusterState.build(inv)
+    assert state.prefetch_targets(req(), NOW, 2) == ["b", "c"]  # a has it; d has no room
+    assert state.prefetch_targets(req(version="v9"), NOW, 1) == ["a"]

@@ -176,3 +176,22 @@ def test_real_nvml_reads_every_gpu() -> None:
         assert not watcher.is_alive()
     finally:
         inv.close()
+
+
+def test_metrics_export_every_gpu_reading() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from scheduler.telemetry.metrics import InventoryCollector
+
+    clock = Clock()
+    inv = inventory(clock)
+    uuid = inv.read().nodes[0].gpus[0].uuid
+    inv.start_replica("r1", (uuid,), 30 * GIB, utilization_percent=40)
+    inv.inject_xid(uuid, 79)
+    registry = CollectorRegistry()
+    registry.register(InventoryCollector(inv, clock))
+    text = generate_latest(registry).decode()
+    labels = f'gpu="0",name="NVIDIA A100-SXM4-80GB",node="big-0",uuid="{uuid}"'
+    assert f"cogkit_gpu_utilization_percent{{{labels}}} 40.0" in text
+    assert f"cogkit_gpu_healthy{{{labels}}} 0.0" in text
+    assert text.count("cogkit_gpu_memory_total_bytes{") == 9

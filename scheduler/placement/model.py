@@ -78,7 +78,8 @@ class ReplicaRequest:
         if self.gpu_count < 0:
             raise ValueError(f"gpu_count: expected >= 0, got {self.gpu_count}")
         if self.gpu_count > 0 and self.gpu_memory_bytes <= 0:
-            raise ValueError("gpu_memory_bytes: expected > 0 for a GPU replica (declare it or derive it with gpu_memory_for_model)")
+            raise ValueError("gpu_memory_bytes: expected > 0 for a GPU replica "
+                             "(declare it or derive it with gpu_memory_for_model)")
         if self.gpu_memory_bytes < 0:
             raise ValueError(f"gpu_memory_bytes: expected >= 0, got {self.gpu_memory_bytes}")
         if self.cpus < 0:

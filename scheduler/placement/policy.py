@@ -46,7 +46,8 @@ class Policy:
         if not 0.0 <= self.memory_margin_fraction < 1.0:
             raise ValueError(f"memory_margin_fraction: expected in [0, 1), got {self.memory_margin_fraction}")
         if not 0.0 <= self.utilization_threshold_percent < 100.0:
-            raise ValueError(f"utilization_threshold_percent: expected in [0, 100), got {self.utilization_threshold_percent}")
+            raise ValueError("utilization_threshold_percent: expected in [0, 100), "
+                             f"got {self.utilization_threshold_percent}")
         if self.max_walk < 1:
             raise ValueError(f"max_walk: expected >= 1, got {self.max_walk}")
         if self.max_telemetry_age_s <= 0:

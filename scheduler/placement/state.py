@@ -19,9 +19,10 @@ import bisect
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
+from scheduler.placement.index import GpuEntry, GpuIndex, Key, NodeEntry, Rank
 from scheduler.placement.model import (
     NoFit,
     Placement,
@@ -51,113 +52,28 @@ _BAND_PERCENT = 5.0
 _COUNTS_FOR_AFFINITY = frozenset({ReplicaState.STARTING, ReplicaState.READY})
 _NO_SLEEPER = ("", 0)
 
-Key = tuple[int, int]  # (effective free bytes, the GPU's tie order)
-# Breaks ties between equal scores, higher wins: the candidate whose last GPU comes first in the
-# strategy's walk order (pack: least free first; spread: most free first; then the tie order).
-Rank = tuple[int, int]
-
-
-def _tie_order(ordinal: int) -> int:
-    """A fixed pseudo-random order of GPUs (a bijection of the ordinal), so GPUs with equal free
-    memory are not walked node by node: replicas of one model then do not queue behind each other."""
-    return (ordinal * 2654435761) % 2**32
-
-
-class _Index:
-    """GPUs sorted by key, one list per (compute capability, utilization band): a walk reads
-    only the lists of capable GPUs and bounds each band by its least busy penalty."""
-
-    __slots__ = ("bands", "lists")
-
-    def __init__(self, bands: int) -> None:
-        self.bands = bands
-        self.lists: dict[tuple[int, int], list[list[Key]]] = {}
-
-    def add(self, gpu: _Gpu) -> None:
-        assert gpu.key is not None
-        bisect.insort(self.lists.setdefault(gpu.slot[0], [[] for _ in range(self.bands)])[gpu.slot[1]], gpu.key)
-
-    def remove(self, gpu: _Gpu) -> None:
-        assert gpu.key is not None
-        index = self.lists[gpu.slot[0]][gpu.slot[1]]
-        del index[bisect.bisect_left(index, gpu.key)]
-
-    def capable(self, min_capability: tuple[int, int]) -> list[list[list[Key]]]:
-        return [bands for capability, bands in self.lists.items() if capability >= min_capability]
-
-
-class _Node:
-    __slots__ = ("cached", "cpus", "cpus_promised", "gpus", "kth", "labels", "max_free", "models", "name", "ordinal",
-                 "reachable", "read_at")
-
-    def __init__(self, reading: NodeReading, ordinal: int) -> None:
-        self.name = reading.name
-        self.ordinal = ordinal
-        self.labels: Mapping[str, str] = reading.labels
-        self.read_at = reading.read_at
-        self.reachable = reading.reachable
-        self.cpus = reading.cpus
-        self.cpus_promised = 0.0
-        self.cached: frozenset[str] = frozenset()
-        self.models: Counter[str] = Counter()
-        self.gpus: list[_Gpu] = []
-        self.max_free = -1  # the most effective free memory of any indexed GPU: first fit skips full nodes
-        self.kth: dict[int, tuple[int, int]] = {}  # k -> its entry in ClusterState._kth[k]
-
-    def indexed_frees(self) -> list[int]:
-        """Effective free memory of the GPUs that can take work, most first."""
-        return sorted((g.key[0] for g in self.gpus if g.key is not None), reverse=True)
-
-
-class _Gpu:
-    __slots__ = ("capability", "healthy", "key", "live_free", "mig", "models", "node", "order", "ordinal",
-                 "promised_all", "promised_starting", "read_at", "sleeping", "slot", "starting", "total", "utilization",
-                 "uuid")
-
-    def __init__(self, reading: GpuReading, node: _Node, ordinal: int) -> None:
-        self.ordinal = ordinal
-        self.order = _tie_order(ordinal)
-        self.uuid = reading.uuid
-        self.node = node
-        self.promised_all = 0
-        self.promised_starting = 0
-        self.starting = 0
-        self.models: Counter[str] = Counter()
-        self.sleeping: dict[str, tuple[str, int]] = {}  # version -> (replica_id, bytes held)
-        self.key: Key | None = None  # None: not in the indexes (unhealthy, MIG, starting, unreachable)
-        self.slot: tuple[tuple[int, int], int] = ((0, 0), 0)  # (capability, band) of the lists it is in
-        self.read(reading)
-
-    def read(self, reading: GpuReading) -> None:
-        self.total = reading.memory_total_bytes
-        self.live_free = reading.memory_free_bytes
-        self.capability = reading.compute_capability
-        self.healthy = reading.health.healthy
-        self.mig = reading.mig_enabled
-        self.read_at = reading.read_at
-        self.utilization = reading.utilization_percent
-
-
 class ClusterState:
     """Mutable, indexed view of inventory + replicas. `place` never mutates it."""
 
     def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy or Policy()
-        self._nodes: dict[str, _Node] = {}
-        self._gpus: dict[str, _Gpu] = {}
-        self._by_order: dict[int, _Gpu] = {}
+        self._nodes: dict[str, NodeEntry] = {}
+        self._gpus: dict[str, GpuEntry] = {}
+        self._by_order: dict[int, GpuEntry] = {}
         # Sorted lists by utilization band: band 0 is at or under the busy threshold (no penalty),
         # then bands of _BAND_PERCENT each; a walk bounds each band by its least penalty.
         threshold = self.policy.utilization_threshold_percent
         hot_bands = math.floor((100.0 - threshold) / _BAND_PERCENT) + 1
         self._band_top = [0.0] + [self._busy_penalty(threshold + i * _BAND_PERCENT) for i in range(hot_bands)]
-        self._index = _Index(len(self._band_top))  # every GPU that can take work
-        self._local_index: dict[str, _Index] = {}  # version -> those GPUs on nodes with its snapshot
+        self._index = GpuIndex(len(self._band_top))  # every GPU that can take work
+        self._local_index: dict[str, GpuIndex] = {}  # version -> those GPUs on nodes with its snapshot
         self._cached_on: Counter[str] = Counter()  # version -> nodes holding its snapshot
         self._cached_nodes: dict[str, set[str]] = {}  # version -> names of those nodes
         # Multi-GPU replicas walk nodes: k -> sorted (k-th most free memory of a node's GPUs, node ordinal)
-        self._kth: dict[int, list[tuple[int, int]]] = {}
-        self._nodes_by_ordinal: dict[int, _Node] = {}
+        # (k, the node's best compute capability) -> sorted (k-th most free memory, node ordinal)
+        self._kth: dict[tuple[int, tuple[int, int]], list[tuple[int, int]]] = {}
+        self._kth_sizes: set[int] = set()
+        self._nodes_by_ordinal: dict[int, NodeEntry] = {}
         self._model_replicas: Counter[str] = Counter()  # model -> starting + ready replicas
         self._capable: dict[tuple[tuple[int, int], tuple[tuple[str, str], ...]], int] = {}  # -> nodes
         self._replicas: dict[str, RunningReplica] = {}
@@ -183,7 +99,7 @@ class ClusterState:
         self._capable.clear()
         node = self._nodes.get(reading.name)
         if node is None:
-            node = self._nodes[reading.name] = _Node(reading, self._next_node)
+            node = self._nodes[reading.name] = NodeEntry(reading, self._next_node)
             self._nodes_by_ordinal[node.ordinal] = node
             self._next_node += 1
         node.labels, node.read_at, node.reachable, node.cpus = (
@@ -204,7 +120,7 @@ class ClusterState:
         node = self._nodes[node_name]
         gpu = self._gpus.get(reading.uuid)
         if gpu is None:
-            gpu = _Gpu(reading, node, self._next_gpu)
+            gpu = GpuEntry(reading, node, self._next_gpu)
             self._next_gpu += 1
             self._gpus[gpu.uuid] = self._by_order[gpu.order] = gpu
             self._capable.clear()
@@ -236,7 +152,7 @@ class ClusterState:
             if not self._cached_on[version]:
                 del self._local_index[version], self._cached_on[version], self._cached_nodes[version]
         for version in versions - node.cached:
-            local = self._local_index.setdefault(version, _Index(len(self._band_top)))
+            local = self._local_index.setdefault(version, GpuIndex(len(self._band_top)))
             self._cached_on[version] += 1
             self._cached_nodes.setdefault(version, set()).add(node.name)
             for gpu in node.gpus:
@@ -285,7 +201,7 @@ class ClusterState:
                 self._reindex(gpu)
 
     @staticmethod
-    def _account_gpu(gpu: _Gpu, replica: RunningReplica, sign: int) -> None:
+    def _account_gpu(gpu: GpuEntry, replica: RunningReplica, sign: int) -> None:
         gpu.promised_all += sign * replica.gpu_memory_bytes
         if replica.state is ReplicaState.STARTING:
             gpu.promised_starting += sign * replica.gpu_memory_bytes
@@ -298,34 +214,34 @@ class ClusterState:
             else:
                 gpu.sleeping.pop(replica.version, None)
 
-    def _effective_free(self, gpu: _Gpu) -> int:
+    def _effective_free(self, gpu: GpuEntry) -> int:
         margin = int(gpu.total * self.policy.memory_margin_fraction)
         return min(gpu.live_free - gpu.promised_starting, gpu.total - gpu.promised_all) - margin
 
-    def _refresh_node(self, node: _Node) -> None:
+    def _refresh_node(self, node: NodeEntry) -> None:
         frees = node.indexed_frees()
         node.max_free = frees[0] if frees else -1
-        for k, index in self._kth.items():
+        capability = max((g.capability for g in node.gpus), default=(0, 0))
+        for k in self._kth_sizes:
             old = node.kth.pop(k, None)
             if old is not None:
-                del index[bisect.bisect_left(index, old)]
+                index = self._kth[(k, old[0])]
+                del index[bisect.bisect_left(index, old[1])]
             if len(frees) >= k:
-                node.kth[k] = entry = (frees[k - 1], node.ordinal)
-                bisect.insort(index, entry)
+                entry = (frees[k - 1], node.ordinal)
+                node.kth[k] = (capability, entry)
+                bisect.insort(self._kth.setdefault((k, capability), []), entry)
 
-    def _kth_index(self, k: int) -> list[tuple[int, int]]:
-        index = self._kth.get(k)
-        if index is None:
-            index = self._kth[k] = []
+    def _kth_lists(self, k: int, min_capability: tuple[int, int]) -> list[list[tuple[int, int]]]:
+        """Per node capability, the nodes that have k GPUs able to take work, by the k-th one's free memory."""
+        if k not in self._kth_sizes:
+            self._kth_sizes.add(k)
             for node in self._nodes.values():
-                frees = node.indexed_frees()
-                if len(frees) >= k:
-                    node.kth[k] = entry = (frees[k - 1], node.ordinal)
-                    index.append(entry)
-            index.sort()
-        return index
+                self._refresh_node(node)
+        return [index for (size, capability), index in sorted(self._kth.items())
+                if size == k and capability >= min_capability]
 
-    def _unindex(self, gpu: _Gpu) -> None:
+    def _unindex(self, gpu: GpuEntry) -> None:
         if gpu.key is None:
             return
         self._index.remove(gpu)
@@ -334,7 +250,7 @@ class ClusterState:
         gpu.key = None
         self._refresh_node(gpu.node)
 
-    def _reindex(self, gpu: _Gpu) -> None:
+    def _reindex(self, gpu: GpuEntry) -> None:
         """Keep a GPU in the indexes while it can take work; a GPU with a replica starting
         cannot (one model server starting per GPU), so walks never meet it."""
         self._unindex(gpu)
@@ -352,7 +268,7 @@ class ClusterState:
 
     # --- filters and scores, shared by the walk and the full evaluation -----------
 
-    def node_failures(self, node: _Node, request: ReplicaRequest, now: float) -> list[str]:
+    def node_failures(self, node: NodeEntry, request: ReplicaRequest, now: float) -> list[str]:
         failed = []
         if not node.reachable:
             failed.append(UNREACHABLE)
@@ -364,7 +280,7 @@ class ClusterState:
             failed.append(CPUS)
         return failed
 
-    def gpu_failures(self, gpu: _Gpu, request: ReplicaRequest, now: float, wake: bool = False) -> list[str]:
+    def gpu_failures(self, gpu: GpuEntry, request: ReplicaRequest, now: float, wake: bool = False) -> list[str]:
         """Every filter this GPU fails. `wake`: the candidate wakes this version's sleeping
         instance here, so the memory that instance holds counts as free."""
         failed = []
@@ -399,7 +315,7 @@ class ClusterState:
         over = max(0.0, min(utilization, 100.0) - threshold) / (100.0 - threshold)
         return -self.policy.weight_utilization * over if over else 0.0
 
-    def _node_ok(self, node: _Node, request: ReplicaRequest, now: float) -> bool:
+    def _node_ok(self, node: NodeEntry, request: ReplicaRequest, now: float) -> bool:
         """node_failures(...) == [], without building the list (the walk's hot path)."""
         if not node.reachable or now - node.read_at > self.policy.max_telemetry_age_s:
             return False
@@ -407,7 +323,7 @@ class ClusterState:
             return False
         return not (request.cpus and node.cpus and node.cpus - node.cpus_promised < request.cpus)
 
-    def _gpu_ok(self, gpu: _Gpu, request: ReplicaRequest, now: float) -> bool:
+    def _gpu_ok(self, gpu: GpuEntry, request: ReplicaRequest, now: float) -> bool:
         """gpu_failures(...) == [] for an indexed GPU (healthy, no MIG), without the list."""
         if gpu.starting or now - gpu.read_at > self.policy.max_telemetry_age_s:
             return False
@@ -429,12 +345,12 @@ class ClusterState:
                 and any(g.capability >= key[0] for g in n.gpus)) if request.gpu_count else len(self._nodes)
         return self._model_replicas.get(request.model, 0) // max(1, capable)
 
-    def _affinity_penalty(self, node: _Node, gpus: list[_Gpu], model: str, share: int) -> float:
+    def _affinity_penalty(self, node: NodeEntry, gpus: list[GpuEntry], model: str, share: int) -> float:
         policy = self.policy
         same_gpu = policy.penalty_same_gpu if any(g.models.get(model) for g in gpus) else 0.0
         return policy.penalty_same_node * max(0, node.models.get(model, 0) - share) + same_gpu
 
-    def _terms(self, node: _Node, gpus: list[_Gpu], request: ReplicaRequest, share: int | None = None
+    def _terms(self, node: NodeEntry, gpus: list[GpuEntry], request: ReplicaRequest, share: int | None = None
                ) -> tuple[float, float, float, float, Rung, str | None]:
         """The four weighted terms, the rung and the sleeper woken, for one candidate."""
         policy = self.policy
@@ -458,13 +374,13 @@ class ClusterState:
         affinity = -penalty if penalty else 0.0
         return policy.weight_memory_fit * fit, utilization, policy.rung_points(rung), affinity, rung, wakes
 
-    def score(self, node: _Node, gpus: list[_Gpu], request: ReplicaRequest) -> Placement:
+    def score(self, node: NodeEntry, gpus: list[GpuEntry], request: ReplicaRequest) -> Placement:
         """Score one candidate (a node and the GPUs it would give); filters are checked elsewhere."""
         fit, utilization, locality, affinity, rung, wakes = self._terms(node, gpus, request)
         return Placement(node.name, tuple(g.uuid for g in gpus), rung,
                          ScoreTerms(fit, utilization, locality, affinity), wakes)
 
-    def _sleeper_on(self, gpus: list[_Gpu], request: ReplicaRequest) -> str | None:
+    def _sleeper_on(self, gpus: list[GpuEntry], request: ReplicaRequest) -> str | None:
         """The sleeping instance of this version that holds exactly these GPUs, if any."""
         sleepers = {g.sleeping.get(request.version, _NO_SLEEPER)[0] for g in gpus}
         if len(sleepers) != 1 or "" in sleepers:
@@ -487,7 +403,7 @@ class ClusterState:
             found.append((self.score(node, gpus, request), self._rank(gpus)))
         return found
 
-    def _rank(self, gpus: list[_Gpu]) -> Rank:
+    def _rank(self, gpus: list[GpuEntry]) -> Rank:
         keys = [(self._effective_free(g), g.order) for g in gpus]
         if self.policy.strategy is Strategy.SPREAD:
             return min(keys)
@@ -497,7 +413,7 @@ class ClusterState:
     def _generic_rung(self, version: str) -> Rung:
         return Rung.PEER_SNAPSHOT if self._cached_on.get(version) else Rung.ORIGIN
 
-    def _pick_on_node(self, node: _Node, request: ReplicaRequest, now: float) -> list[_Gpu] | None:
+    def _pick_on_node(self, node: NodeEntry, request: ReplicaRequest, now: float) -> list[GpuEntry] | None:
         """The k GPUs a node would give, in the strategy's order; None if it has fewer eligible."""
         if self.node_failures(node, request, now):
             return None
@@ -564,13 +480,13 @@ class ClusterState:
         return self.score(best[2], best[3], request) if best else None
 
     @staticmethod
-    def _consider(best: list[Any], score: float, rank: Rank, node: _Node, gpus: list[_Gpu]) -> None:
+    def _consider(best: list[Any], score: float, rank: Rank, node: NodeEntry, gpus: list[GpuEntry]) -> None:
         if not best:
             best.extend((score, rank, node, gpus))
         elif (score, rank) > (best[0], best[1]):
             best[:] = (score, rank, node, gpus)
 
-    def _walk(self, index: _Index, points: float, request: ReplicaRequest, now: float,
+    def _walk(self, index: GpuIndex, points: float, request: ReplicaRequest, now: float,
               best: list[Any], budget: list[int], skip_cached: bool) -> None:
         """Walk sorted lists from the first GPU with enough memory, in the strategy's order, until
         no GPU further on can beat the best so far. A GPU's bound is its memory fit + its band's
@@ -588,41 +504,48 @@ class ClusterState:
         def rank(key: Key) -> Rank:
             return key if spread else (-key[0], -key[1])
 
-        def keys(keys_sorted: list[Key]) -> Iterable[Key]:
-            start = bisect.bisect_left(keys_sorted, (need, -1))
-            positions = range(len(keys_sorted) - 1, start - 1, -1) if spread else range(start, len(keys_sorted))
-            return (keys_sorted[i] for i in positions)
-
-        capable = index.capable(request.min_compute_capability)
-        if request.gpu_count == 1:
-            for bands in capable:
-                for band, keys_sorted in enumerate(bands):
-                    top = self._band_top[band]
-                    for key in keys(keys_sorted):
-                        gpu = by_order[key[1]]
-                        if best:
-                            budget[0] -= 1
-                            if budget[0] < 0:
-                                return
-                            # _fit, inlined: the same float operations, so the same value
-                            leftover = (key[0] - need) / reference
-                            bound = weight * (leftover if spread else 1.0 - leftover) + top + points + 0.0
-                            if bound < best[0] or (bound == best[0] and rank(key) < best[1]):
-                                break
-                            # anti-affinity is known before scoring: skip what it already rules out
-                            # (_affinity_penalty, inlined)
-                            on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
-                            if on_node > share or on_gpu:
-                                penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
-                                if bound - penalty < best[0]:
-                                    continue
-                        if skip_cached and version in gpu.node.cached:
+        # The lists in order of the best bound each could offer, so the likely winner comes
+        # first and the other lists stop at their first key.
+        lists = []
+        for bands in index.capable(request.min_compute_capability):
+            for band, keys_sorted in enumerate(bands):
+                end = len(keys_sorted)
+                start = bisect.bisect_left(keys_sorted, (need, -1))
+                if start < end:
+                    first = keys_sorted[end - 1 if spread else start][0]
+                    leftover = (first - need) / reference
+                    opening = weight * (leftover if spread else 1.0 - leftover) + self._band_top[band]
+                    lists.append((opening, band, start, keys_sorted))
+        lists.sort(key=lambda entry: -entry[0])
+        for _, band, start, keys_sorted in lists:
+            end = len(keys_sorted)
+            top = self._band_top[band]
+            i, step, stop = (end - 1, -1, start - 1) if spread else (start, 1, end)
+            while i != stop:
+                key = keys_sorted[i]
+                i += step
+                gpu = by_order[key[1]]
+                if best:
+                    budget[0] -= 1
+                    if budget[0] < 0:
+                        return
+                    # _fit, inlined: the same float operations, so the same value
+                    leftover = (key[0] - need) / reference
+                    bound = weight * (leftover if spread else 1.0 - leftover) + top + points + 0.0
+                    if bound < best[0] or (bound == best[0] and rank(key) < best[1]):
+                        break
+                    # anti-affinity is known before scoring: skip what it already rules out
+                    # (_affinity_penalty, inlined)
+                    on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
+                    if on_node > share or on_gpu:
+                        penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
+                        if bound - penalty < best[0]:
                             continue
-                        if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
-                            terms = self._terms(gpu.node, [gpu], request, share)
-                            self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node,
-                                           [gpu])
-            return
+                if skip_cached and version in gpu.node.cached:
+                    continue
+                if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
+                    terms = self._terms(gpu.node, [gpu], request, share)
+                    self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node, [gpu])
 
     def _best_on_nodes(self, request: ReplicaRequest, now: float, best: list[Any]) -> None:
         """Several GPUs per replica: score whole nodes, those holding the version's snapshot
@@ -630,12 +553,15 @@ class ClusterState:
         while the candidates fit in max_walk / 64 nodes; after that, the best of those."""
         k, share, need = request.gpu_count, self._even_share(request), request.gpu_memory_bytes
         budget = max(1, self.policy.max_walk // 64)
-        index = self._kth_index(k)
-        start = bisect.bisect_left(index, (request.gpu_memory_bytes, -1))
         spread = self.policy.strategy is Strategy.SPREAD
-        positions = range(len(index) - 1, start - 1, -1) if spread else range(start, len(index))
-        local = sorted(self._cached_nodes.get(request.version, ()))
-        nodes = itertools.chain((self._nodes[n] for n in local), (self._nodes_by_ordinal[index[i][1]] for i in positions))
+
+        def in_order(index: list[tuple[int, int]]) -> Iterable[NodeEntry]:
+            start = bisect.bisect_left(index, (need, -1))
+            positions = range(len(index) - 1, start - 1, -1) if spread else range(start, len(index))
+            return (self._nodes_by_ordinal[index[i][1]] for i in positions)
+
+        local = (self._nodes[n] for n in sorted(self._cached_nodes.get(request.version, ())))
+        nodes = itertools.chain(local, *(in_order(index) for index in self._kth_lists(k, request.min_compute_capability)))
         for node in nodes:
             if best:
                 budget -= 1
@@ -693,6 +619,17 @@ class ClusterState:
         else:
             ranked.sort(key=lambda c: (c[0].score, c[1]), reverse=True)
         return [c for c, _ in ranked], failures, considered
+
+    def prefetch_targets(self, request: ReplicaRequest, now: float, count: int) -> list[str]:
+        """The nodes placement would pick next for this version that lack its snapshot, best
+        first: where to pre-fetch it (`SnapshotCache.prefetch`) before the replica is asked for."""
+        targets: list[str] = []
+        for candidate in self.evaluate_all(request, now)[0]:
+            if len(targets) == count:
+                break
+            if candidate.node not in targets and request.version not in self._nodes[candidate.node].cached:
+                targets.append(candidate.node)
+        return targets
 
     def no_fit(self, request: ReplicaRequest, now: float) -> NoFit:
         _, failures, considered = self.evaluate_all(request, now)

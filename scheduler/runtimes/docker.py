@@ -6,8 +6,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import docker  # type: ignore[import-untyped]
-import docker.errors  # type: ignore[import-untyped]
+import docker
+import docker.errors
 
 from scheduler.runtimes.base import (
     LABEL_PORT,
@@ -90,8 +90,12 @@ class DockerRuntime:
             container = self.client.create_container(
                 spec.image, command=cmd, name=spec.name, labels=labels, host_config=host_config,
                 environment={**{k: str(v) for k, v in spec.env.items()}, **extra_env})["Id"]
+        except docker.errors.APIError as e:
+            raise RuntimeError_(f"cannot create {spec.name} from {spec.image}: {_reason(e)}") from e
+        try:
             self.client.start(container)
         except docker.errors.APIError as e:
+            self.stop(container, 0)         # never leave a created, unstartable container behind
             raise RuntimeError_(f"cannot start {spec.name} from {spec.image}: {_reason(e)}") from e
         return StartedReplica(container, spec.name, labels, f"http://127.0.0.1:{spec.port}", True)
 
@@ -125,10 +129,12 @@ class DockerRuntime:
             if not running:
                 try:
                     state = self.client.inspect_container(c["Id"])["State"]
-                    exit_code = state.get("ExitCode")
-                    error = "out of memory (OOM killed)" if state.get("OOMKilled") else (state.get("Error") or "")
                 except docker.errors.NotFound:
                     continue
+                error = "out of memory (OOM killed)" if state.get("OOMKilled") else (state.get("Error") or "")
+                # Created and not started yet (start() is on its way): starting, not exited.
+                running = c.get("State") == "created" and not error
+                exit_code = None if running else state.get("ExitCode")
             name = (c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/")
             out.append(StartedReplica(c["Id"], name, got, f"http://127.0.0.1:{got.get(LABEL_PORT, '0')}",
                                       running, exit_code, error))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-import pynvml  # type: ignore[import-untyped]
+import pynvml  # type: ignore[import-untyped,unused-ignore]
 
 from scheduler.telemetry.base import (
     GpuHealth,

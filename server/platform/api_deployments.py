@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.auth import KeyInfo
-from server.platform.api_models import json_body, platform_call
+from server.platform.api_models import _platform, json_body, platform_call
 from server.platform.deployments import Deployment
 from server.platform.registry import RegistryError
 
@@ -24,19 +24,19 @@ router = APIRouter()
 
 
 def _view(request: Request, d: Deployment) -> dict[str, Any]:
-    controller = request.app.state.gateway.platform.controller
+    controller = _platform(request).controller
     return d.public(controller.snapshot(d.name) or None if controller else None)
 
 
 def _mine(request: Request, key: KeyInfo, name: str) -> Deployment:
-    d = request.app.state.gateway.platform.deployments.get(name)
+    d = _platform(request).deployments.get(name)
     if d is None or (d.tenant_id != key.tenant_id and not key.admin):
         raise RegistryError(f"there is no deployment {name}", 404)
     return d
 
 
 def _changed(request: Request) -> None:
-    controller = request.app.state.gateway.platform.controller
+    controller = _platform(request).controller
     if controller is not None:
         controller.wake()
 
@@ -44,7 +44,7 @@ def _changed(request: Request) -> None:
 @router.get("/v1/deployments")
 async def list_deployments(request: Request) -> JSONResponse:
     def work(key: KeyInfo) -> dict[str, Any]:
-        items = request.app.state.gateway.platform.deployments.list(None if key.admin else key.tenant_id)
+        items = _platform(request).deployments.list_deployments(None if key.admin else key.tenant_id)
         return {"next": None, "previous": None, "results": [_view(request, d) for d in items]}
     return await platform_call(request, work)
 
@@ -54,7 +54,7 @@ async def create_deployment(request: Request) -> JSONResponse:
     body = await json_body(request)
 
     def work(key: KeyInfo) -> JSONResponse:
-        store = request.app.state.gateway.platform.deployments
+        store = _platform(request).deployments
         if isinstance(body, dict):
             name = body.get("name") or (str(body.get("model") or "").lstrip("@") or None)
             if isinstance(name, str) and store.get(name) is not None:
@@ -70,7 +70,7 @@ async def apply_deployments(request: Request) -> JSONResponse:
     text = (await request.body()).decode(errors="replace")
 
     def work(key: KeyInfo) -> dict[str, Any]:
-        items = request.app.state.gateway.platform.deployments.load_yaml(text, key.tenant_id, key.admin)
+        items = _platform(request).deployments.load_yaml(text, key.tenant_id, key.admin)
         _changed(request)
         return {"results": [_view(request, d) for d in items]}
     return await platform_call(request, work)
@@ -87,7 +87,7 @@ async def put_deployment(request: Request, ns: str, name: str) -> JSONResponse:
 
     def work(key: KeyInfo) -> JSONResponse:
         full = f"{ns}/{name}"
-        store = request.app.state.gateway.platform.deployments
+        store = _platform(request).deployments
         if store.get(full) is not None:
             _mine(request, key, full)
         d, created = store.put(body, key.tenant_id, key.admin, name=full)
@@ -102,7 +102,7 @@ async def patch_deployment(request: Request, ns: str, name: str) -> JSONResponse
 
     def work(key: KeyInfo) -> dict[str, Any]:
         _mine(request, key, f"{ns}/{name}")
-        d = request.app.state.gateway.platform.deployments.patch(f"{ns}/{name}", body)
+        d = _platform(request).deployments.patch(f"{ns}/{name}", body)
         _changed(request)
         return _view(request, d)
     return await platform_call(request, work)
@@ -112,7 +112,7 @@ async def patch_deployment(request: Request, ns: str, name: str) -> JSONResponse
 async def delete_deployment(request: Request, ns: str, name: str) -> JSONResponse:
     def work(key: KeyInfo) -> dict[str, Any]:
         _mine(request, key, f"{ns}/{name}")
-        request.app.state.gateway.platform.deployments.delete(f"{ns}/{name}")
+        _platform(request).deployments.delete(f"{ns}/{name}")
         _changed(request)
         return {"deleted": f"{ns}/{name}"}
     return await platform_call(request, work)

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from server.auth import KeyInfo
 from server.platform.registry import Model, RegistryError
+from server.platform.service import Platform
 
 router = APIRouter()
 TITLES = {400: "Bad request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 409: "Conflict",
@@ -55,8 +56,9 @@ async def json_body(request: Request) -> Any:
         return None
 
 
-def _platform(request: Request) -> Any:
-    return request.app.state.gateway.platform
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.gateway.platform
+    return platform
 
 
 def _visible_model(request: Request, key: KeyInfo, ns: str, name: str) -> Model:

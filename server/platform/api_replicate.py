@@ -30,12 +30,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from server.api.deps import ApiError
-from server.status import CANCELED, ERROR, OK, Status
-from server.usage import of_metrics
 from server.catalog import Target, UnknownModel
 from server.platform.api_models import json_body, problem
 from server.platform.predictions import TERMINAL, WEBHOOK_EVENTS, Prediction, new_id
 from server.platform.service import PROVIDER, InputError
+from server.status import CANCELED, ERROR, OK, Status
+from server.usage import of_metrics
 
 router = APIRouter()
 WAIT_DEFAULT, WAIT_MAX = 60.0, 60.0
@@ -97,7 +97,7 @@ async def _create(request: Request, model_string: str) -> Response:
             call.metadata["predict_time"] = done.metrics["predict_time"]
         if done.metrics.get("cold_start_time") is not None:
             call.metadata["cold_start_ms"] = round(done.metrics["cold_start_time"] * 1000)
-        status: Status = {"succeeded": OK, "canceled": CANCELED}.get(done.status, ERROR)
+        status: Status = OK if done.status == "succeeded" else CANCELED if done.status == "canceled" else ERROR
         gw.billing.finish(call, key, status, done.error)
 
     base = _base_url(request)

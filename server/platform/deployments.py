@@ -116,7 +116,7 @@ class Deployments:
             row = conn.execute(select(deployments).where(deployments.c.name == name)).first()
         return _row(row) if row else None
 
-    def list(self, tenant_id: str | None = None) -> list[Deployment]:
+    def list_deployments(self, tenant_id: str | None = None) -> list[Deployment]:
         query = select(deployments).order_by(deployments.c.name)
         if tenant_id is not None:
             query = query.where(deployments.c.tenant_id == tenant_id)
@@ -216,7 +216,7 @@ class Deployments:
     # ---- what the controller reads ----
     def desired(self) -> list[DesiredDeployment]:
         out = []
-        for d in self.list():
+        for d in self.list_deployments():
             version = (self.registry.get_version_by_id(d.version_id) if d.version_id
                        else self.registry.find_version(d.namespace, d.model, None))
             if version is None:

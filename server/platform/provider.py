@@ -2,7 +2,7 @@
 name. Inputs are checked against the version's schema before a replica is acquired."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from server.config import ProviderConfig, Timeouts
@@ -60,7 +60,7 @@ class ManagedProvider(Provider):
         prediction = await self.run(self._chat_inputs(req), model, t)
         return chat_response(req.get("model") or model, prediction)
 
-    async def chat_stream(self, req: dict[str, Any], model: str, t: Timeouts) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, req: dict[str, Any], model: str, t: Timeouts) -> AsyncGenerator[dict[str, Any], None]:
         chunks = ChunkMaker(req.get("model") or model)
         streamed = False
         async for event, value in self.run_stream(self._chat_inputs(req), model, t):
@@ -71,7 +71,7 @@ class ManagedProvider(Provider):
                 for chunk in chunks.last(value if isinstance(value, dict) else {}, streamed):
                     yield chunk
 
-    async def run_stream(self, inputs: dict[str, Any], model: str, t: Timeouts) -> AsyncIterator[tuple[str, Any]]:
+    async def run_stream(self, inputs: dict[str, Any], model: str, t: Timeouts) -> AsyncGenerator[tuple[str, Any], None]:
         async for event, value in self.platform.predict_stream(model, {"input": self._checked(inputs)}):
             if event == "completed":
                 note_metrics(value)

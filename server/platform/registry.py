@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -168,7 +169,8 @@ class Registry:
     # ---- permissions ----
     def namespace_owner(self, namespace: str) -> str | None:
         with self.store.engine.connect() as conn:
-            return conn.execute(select(namespaces.c.tenant_id).where(namespaces.c.name == namespace)).scalar()
+            owner = conn.execute(select(namespaces.c.tenant_id).where(namespaces.c.name == namespace)).scalar()
+        return str(owner) if owner is not None else None
 
     def check_writer(self, namespace: str, tenant_id: str, admin: bool) -> str:
         """The tenant owning `namespace` (claimed for `tenant_id` when nobody owns it), or 403."""
@@ -297,10 +299,12 @@ class Registry:
         if not ref:
             return candidates[0] if candidates else None
         ref = ref.removeprefix("sha256:")
-        for match in (lambda v: v.id == ref,
-                      lambda v: v.tag == ref,
-                      lambda v: len(ref) >= SHORT_REF and v.digest.removeprefix("sha256:").startswith(ref),
-                      lambda v: len(ref) >= SHORT_REF and v.id.startswith(ref)):
+        short = len(ref) >= SHORT_REF
+        matchers: list[Callable[[Version], bool]] = [
+            lambda v: v.id == ref, lambda v: v.tag == ref,
+            lambda v: short and v.digest.removeprefix("sha256:").startswith(ref),
+            lambda v: short and v.id.startswith(ref)]
+        for match in matchers:
             hits = [v for v in candidates if match(v)]
             if hits:
                 return hits[0]   # newest first: a moved tag names its newest push

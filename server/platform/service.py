@@ -167,11 +167,12 @@ class Platform:
         if not version.openapi_schema:
             return inputs if isinstance(inputs, dict) else {}
         try:
-            return validate_input(version.openapi_schema, inputs)
+            checked: dict[str, Any] = validate_input(version.openapi_schema, inputs)
         except InputValidationError as e:
             first = e.errors[0]
             field = ".".join(str(p) for p in first["loc"][2:]) or None
-            return _raise(InputError(f"input.{field}: {first['msg']}" if field else f"input: {first['msg']}", field))
+            raise InputError(f"input.{field}: {first['msg']}" if field else f"input: {first['msg']}", field) from None
+        return checked
 
     # ---- predictions on replicas ----
     def replicas(self, deployment: str) -> ReplicaSet:
@@ -257,10 +258,6 @@ class Platform:
                 await resp.aclose()
                 (rs.failed if broke else rs.release)(lease)
         raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
-
-
-def _raise(e: Exception) -> Any:
-    raise e
 
 
 def note_cold_start(lease: Lease) -> None:
