@@ -50,7 +50,8 @@ def vllm_missing() -> str:
     python = vllm_python()
     if not python.exists():
         return f"vLLM's virtualenv ({python}; scripts/install makes it, COGKIT_VLLM_PYTHON names another)"
-    probe = subprocess.run([str(python), "-c", "import vllm, transformers"], capture_output=True, text=True)
+    probe = subprocess.run([str(python), "-c", "import vllm, transformers"], capture_output=True, text=True,
+                           check=False)
     if probe.returncode != 0:
         return f"vllm in {python}: {probe.stderr.strip().splitlines()[-1:]}"
     return ""
@@ -64,7 +65,8 @@ def tiny_llama(cache: Path | None = None) -> Path:
         return out
     tmp = root / f".{MODEL_VERSION}.{os.getpid()}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([str(vllm_python()), "-c", MAKE_MODEL, str(tmp)], capture_output=True, text=True)
+    done = subprocess.run([str(vllm_python()), "-c", MAKE_MODEL, str(tmp)], capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0:
         raise RuntimeError(f"making the tiny model failed:\n{done.stderr[-3000:]}")
     try:
