@@ -138,3 +138,41 @@ def test_vllm_deployment_config_builds_the_server_command_and_names_bad_fields()
         VllmDeploymentConfig(name="acme/tiny", model="/m", args={"port": 1})
     with pytest.raises(ValidationError, match="expected ns/model"):
         VllmDeploymentConfig(name="tiny", model="/m")
+
+
+VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 1.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 200.0
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 150.0
+"""
+
+
+def test_engine_metrics_are_parsed_from_vllms_names() -> None:
+    from scheduler.metrics_scrape import parse
+    load = parse(VLLM_METRICS, read_at=1.0)
+    assert (load.running, load.waiting, load.kv_cache_usage) == (3.0, 1.0, 0.25)
+    assert load.prefix_hit_rate == 0.75
+    assert parse("").prefix_hit_rate == 0.0
+
+
+def test_router_takes_the_least_loaded_unless_a_prefix_is_held_within_slack() -> None:
+    from scheduler.engine_routing import EngineRouter, prefix_key
+    from scheduler.metrics_scrape import EngineLoad
+    from scheduler.replicas import Replica
+    a, b = Replica("a", "http://a", 64), Replica("b", "http://b", 64)
+    loads = {"http://a": EngineLoad(running=2), "http://b": EngineLoad(running=0)}
+    router = EngineRouter(lambda: loads, slack=4)
+    assert router.chooser(None)([a, b]) is b                       # least loaded by the engine's figures
+    long_chat = {"messages": [{"role": "system", "content": "x" * 300}, {"role": "user", "content": "hi"}]}
+    key = prefix_key(long_chat)
+    assert key is not None and prefix_key({"messages": [{"role": "user", "content": "x" * 300}]}) is None
+    loads["http://b"] = EngineLoad(running=5)
+    assert router.chooser(key)([a, b]) is a                        # first seen: least loaded, remembered
+    loads["http://a"] = EngineLoad(running=8)
+    assert router.chooser(key)([a, b]) is a                        # held prefix, within slack: back there
+    loads["http://a"] = EngineLoad(running=20, waiting=3)
+    assert router.chooser(key)([a, b]) is b                        # too loaded: the least loaded instead
+    assert EngineRouter(lambda: loads, affinity=False).chooser(key)([a, b]) is b

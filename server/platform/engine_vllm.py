@@ -9,8 +9,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
+from scheduler.engine_routing import EngineRouter, prefix_key
+from scheduler.metrics_scrape import EngineLoad, Scraper
 from scheduler.replicas import Lease
 from server.config import ProviderConfig, Timeouts
 from server.platform.continuation import Progress, strip_ids
@@ -33,9 +35,57 @@ class VllmProvider(Provider):
         super().__init__(ProviderConfig(name=VLLM_PROVIDER, kind="openai", base_url="http://replicas",
                                         max_connections=1024), timeouts)
         self.platform = platform
+        self.scraper = Scraper(self._replica_urls, on_scrape=self._export)
+        self.routers = {v.name: EngineRouter(lambda: self.scraper.loads, affinity=v.prefix_affinity)
+                        for v in platform.config.vllm}
+        labels = ["deployment", "replica"]
+        self.gauges = {field: Gauge(f"cogkit_vllm_{field}", doc, labels, registry=registry_metrics) for field, doc in (
+            ("waiting", "Requests waiting in the replica's engine (its /metrics)"),
+            ("running", "Requests running in the replica's engine"),
+            ("kv_cache_usage", "The replica's KV-cache usage, 0..1"),
+            ("prefix_hit_rate", "The replica's prefix-cache hit rate (tokens) since it started"))}
+        self.affinity = Counter("cogkit_vllm_prefix_affinity", "Requests with a long shared prefix, by whether "
+                                "they went back to the replica that served it last", ["deployment", "outcome"],
+                                registry=registry_metrics)
         self.continued = Counter("cogkit_vllm_stream_continuations",
                                  "Streams moved mid-answer to another replica, by outcome",
                                  ["deployment", "outcome"], registry=registry_metrics)
+
+    async def aclose(self) -> None:
+        await self.scraper.aclose()
+        await super().aclose()
+
+    # ---- routing: the least loaded replica by its engine's figures, or the one holding the prefix ----
+    def _replica_urls(self) -> list[str]:
+        controller = self.platform.controller
+        if controller is None:
+            return []
+        return [r.url for name in self.routers if name in controller.states
+                for r in controller.states[name].replicas.replicas.values() if not r.draining]
+
+    def _export(self, loads: dict[str, EngineLoad]) -> None:
+        controller = self.platform.controller
+        if controller is None:
+            return
+        for name in self.routers:
+            state = controller.states.get(name)
+            for replica in state.replicas.replicas.values() if state else ():
+                load = loads.get(replica.url)
+                if load is not None:
+                    for field in ("waiting", "running", "kv_cache_usage", "prefix_hit_rate"):
+                        self.gauges[field].labels(name, replica.url).set(getattr(load, field))
+
+    async def _acquire(self, model: str, req: dict) -> Lease:
+        self.scraper.start()
+        router = self.routers.get(model)
+        if router is None:
+            return await self.platform.acquire(model)
+        key = prefix_key(req)
+        hits = router.affinity_hits
+        lease = await self.platform.acquire(model, router.chooser(key))
+        if key is not None:
+            self.affinity.labels(model, "kept" if router.affinity_hits > hits else "placed").inc()
+        return lease
 
     # ---- not streamed ----
     async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
@@ -48,7 +98,7 @@ class VllmProvider(Provider):
         body = {**req, "model": model, "stream": False}
         body.pop("stream_options", None)
         for attempt in range(RETRIES + 1):
-            lease = await self.platform.acquire(model)
+            lease = await self._acquire(model, req)
             rs = self.platform.replicas(model)
             try:
                 result = await self.post_json(lease.replica.url + PATHS[op], body, {}, t)
@@ -75,7 +125,7 @@ class VllmProvider(Provider):
         progress = Progress(chat=op == "chat")
         failure: UpstreamError | None = None
         for attempt in range(RETRIES + 1):       # before any token: the same request again, elsewhere
-            lease = await self.platform.acquire(model)
+            lease = await self._acquire(model, req)
             try:
                 async for chunk in self._replica_stream(lease, PATHS[op], body, t):
                     progress.see(chunk)
@@ -108,7 +158,7 @@ class VllmProvider(Provider):
             log.warning("%s: replica stream broke after %d tokens (%s); continuing on another replica",
                         model, sent, failure.message)
             try:
-                lease = await self.platform.acquire(model)
+                lease = await self._acquire(model, {})
             except UpstreamError as e:
                 self.continued.labels(model, "no_replica").inc()
                 raise UpstreamError(f"{model}: the replica stopped mid-answer and no other replica came up to "

@@ -210,10 +210,10 @@ class Platform:
             raise NotDeployed("this gateway runs no platform controller (platform.controller: false)", 503)
         return self.controller.replica_set(deployment)
 
-    async def acquire(self, deployment: str) -> Lease:
+    async def acquire(self, deployment: str, chooser: Any = None) -> Lease:
         rs = self.replicas(deployment)
         try:
-            lease = await rs.acquire()
+            lease = await rs.acquire(chooser=chooser)
         except Unavailable as e:
             raise UpstreamError(e.message, 503, "http", retry_after=e.retry_after,
                                 body={"code": "no_replica"}) from None

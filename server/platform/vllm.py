@@ -49,6 +49,7 @@ class VllmDeploymentConfig(BaseModel):
     queue_limit: int = Field(256, ge=0)
     cold_start_timeout: float = Field(600.0, gt=0)
     setup_timeout: float = Field(900.0, gt=0)       # vLLM loads, profiles and warms up before /health
+    prefix_affinity: bool = True                    # a long shared prompt prefix goes back to its replica
     gpus: int = Field(0, ge=0)
     gpu_memory_mb: int = Field(0, ge=0)
     input_price: float = Field(0.0, ge=0)           # per token, for spend

@@ -1,0 +1,186 @@
+"""Real vLLM (the CPU build, from its own virtualenv) behind a real gateway process: an `engine: vllm`
+deployment of a tiny random Llama made here, with two replicas run by the platform's controller as
+local processes. One gateway and its two vLLM servers are shared by the whole module (each server
+takes ~45 s and ~3 GB to start); the test that kills a replica runs last.
+
+Clients are the official SDKs (openai, anthropic); answers are greedy (temperature 0) and ignore
+EOS, so they are exactly reproducible and of a known length.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_gateway_harness import GatewayProc
+from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing
+
+MODEL = "@vt/tiny"
+PROMPT = [{"role": "system", "content": "You are a tiny random model."},
+          {"role": "user", "content": "Say something long."}]
+GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+class VllmPlatform:
+    def __init__(self, gw: GatewayProc, process_dir: Path, key: str) -> None:
+        self.gw, self.process_dir, self.key = gw, process_dir, key
+
+    def replicas(self) -> list[dict]:
+        """The process replicas' records (url, pid) the controller's runtime keeps."""
+        out = []
+        for path in sorted(self.process_dir.glob("proc-*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def healthy(self) -> list[dict]:
+        def ok(url: str) -> bool:
+            try:
+                return httpx.get(url + "/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+        return [r for r in self.replicas() if ok(r["url"])]
+
+    def wait_ready(self, count: int, timeout: float = 600) -> list[dict]:
+        def logs() -> str:
+            return "\n".join(Path(r["log"]).read_text(errors="replace")[-1500:] for r in self.replicas()
+                             if Path(r["log"]).exists())
+        return until(lambda: (h := self.healthy()) and len(h) >= count and h,
+                     timeout, f"{count} healthy vLLM replicas\n{self.gw.logs()[-2000:]}\n{logs()}")
+
+
+def engine_metric(url: str, name: str) -> float:
+    """One of vLLM's own figures from a replica's /metrics (summed over its label sets)."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+@pytest.fixture(scope="module")
+def vllm_platform(tmp_path_factory) -> Iterator[VllmPlatform]:
+    missing = vllm_missing()
+    if missing:
+        pytest.skip(f"needs {missing}")
+    model = tiny_llama()
+    tmp = tmp_path_factory.mktemp("vllm")
+    process_dir = tmp / "processes"
+    config = {"state_dir": str(tmp / "state"),
+              "platform": {"interval": 0.3, "instance": f"vt-{uuid.uuid4().hex[:8]}", "process_dir": str(process_dir),
+                           "vllm": [{"name": "vt/tiny", "model": str(model), "args": VLLM_ARGS, "env": VLLM_ENV,
+                                     "min_replicas": 2, "max_replicas": 2}]}}
+    gw = GatewayProc(config, tmp, "gw")
+    try:
+        platform = VllmPlatform(gw, process_dir, gw.new_key(f"vt{uuid.uuid4().hex[:6]}"))
+        platform.wait_ready(2)
+        yield platform
+    finally:
+        gw.close()          # a clean stop stops its replicas
+        for record in VllmPlatform(gw, process_dir, "").replicas():
+            try:
+                os.killpg(record["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _stream_text(client, max_tokens: int, **kw: Any) -> tuple[str, Any, str]:
+    text, usage, ids = "", None, set()
+    for chunk in client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens, stream=True,
+                                                stream_options={"include_usage": True}, **GREEDY, **kw):
+        ids.add(chunk.id)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage:
+            usage = chunk.usage
+    assert len(ids) == 1, ids        # one stream id from start to end
+    return text, usage, ids.pop()
+
+
+def test_openai_sdk_chat_and_completions_stream_with_vllms_usage(vllm_platform) -> None:
+    client = vllm_platform.gw.openai(vllm_platform.key)
+    text, usage, _ = _stream_text(client, 24)
+    assert usage.completion_tokens == 24 and usage.prompt_tokens > 10
+    whole = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=24, **GREEDY)
+    assert whole.choices[0].message.content == text and whole.usage.completion_tokens == 24
+    assert len(set(text)) > 4, text        # a wandering answer: a lost or repeated token would show
+
+    pieces = [c.choices[0].text for c in client.completions.create(model=MODEL, prompt="hello", max_tokens=12,
+                                                                   stream=True, **GREEDY) if c.choices]
+    assert len("".join(pieces)) >= 6     # 12 characters' tokens (a few may decode to nothing)
+    rows = vllm_platform.gw.usage(vllm_platform.key, 3, timeout=20)
+    assert sorted(r["output_tokens"] for r in rows[:3]) == [12, 24, 24], rows[:3]
+
+
+def test_anthropic_sdk_messages_reach_vllm(vllm_platform) -> None:
+    client = vllm_platform.gw.anthropic(vllm_platform.key)
+    with client.messages.stream(model=MODEL, max_tokens=16, system="You are a tiny random model.",
+                                messages=[{"role": "user", "content": "Say something long."}],
+                                temperature=0, extra_body={"ignore_eos": True}) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.usage.output_tokens == 16 and final.usage.input_tokens > 10
+    openai_text, _, _ = _stream_text(vllm_platform.gw.openai(vllm_platform.key), 16)
+    assert text == openai_text            # the same prompt, translated, the same greedy answer
+
+
+def test_bad_request_is_the_callers_error_and_leaves_replicas_alone(vllm_platform) -> None:
+    with vllm_platform.gw.http(vllm_platform.key) as c:
+        resp = c.post("/v1/chat/completions", json={"model": MODEL, "messages": PROMPT, "max_tokens": 5000})
+    assert 400 <= resp.status_code < 500, resp.text
+    assert "max" in resp.text.lower() or "context" in resp.text.lower(), resp.text
+    assert len(vllm_platform.healthy()) == 2
+
+
+def test_sigkill_mid_stream_continues_on_the_other_replica(vllm_platform) -> None:
+    """The replica streaming a greedy answer is killed; the client's text is one healthy replica's answer."""
+    gw, key = vllm_platform.gw, vllm_platform.key
+    client = gw.openai(key)
+    max_tokens = 300
+    reference = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens, **GREEDY)
+    expected = reference.choices[0].message.content
+    before = len(gw.usage(key, 0))
+    replicas = vllm_platform.wait_ready(2)
+
+    text, usage, ids, killed = "", None, set(), None
+    stream = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens, stream=True,
+                                            stream_options={"include_usage": True}, **GREEDY)
+    for chunk in stream:
+        ids.add(chunk.id)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage:
+            usage = chunk.usage
+        if killed is None and len(text) >= 5:
+            busy = [r for r in replicas if engine_metric(r["url"], "vllm:num_requests_running") > 0]
+            assert len(busy) == 1, "one replica should be generating this answer"
+            killed = busy[0]
+            assert killed["pid"] and len(text) < len(expected) - 20, "the kill must land mid-answer"
+            os.killpg(killed["pid"], signal.SIGKILL)
+    assert killed is not None
+    assert text == expected                       # nothing repeated, nothing missing
+    assert len(ids) == 1
+    assert usage is not None and usage.completion_tokens == max_tokens
+    assert usage.prompt_tokens == reference.usage.prompt_tokens
+    rows = gw.usage(key, before + 1, timeout=20)
+    assert len(rows) == before + 1                # billed once
+    assert rows[0]["output_tokens"] == max_tokens
+    assert "cogkit_vllm_stream_continuations_total" in gw.metrics()
