@@ -62,6 +62,11 @@ class VllmDeploymentConfig(BaseModel):
             raise ValueError("expected ns/model (lowercase letters, digits, . _ -)")
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return os.path.expanduser(value)
+
     @field_validator("args")
     @classmethod
     def _args(cls, value: dict[str, Any]) -> dict[str, Any]:
