@@ -32,8 +32,8 @@ def test_dockerfile_gpu_builds_with_its_base_swapped() -> None:
         config = engine.inspect_image(tag)["Config"]
         assert "NVIDIA_VISIBLE_DEVICES=all" in config["Env"]
         assert config["Cmd"][:3] == ["python3.11", "-m", "server.gateway_cli"]
-        container = engine.create_container(tag, command=["python3.11", "-c", "import pathlib; print(sorted(p.name "
-                                            "for p in pathlib.Path('/opt/cogkit/server/platform').glob('*vllm*.py')))"])
+        listing = "import pathlib; print(sorted(p.name for p in pathlib.Path('/opt/cogkit/server/platform').glob('*.py')))"
+        container = engine.create_container(tag, command=["python3.11", "-c", listing])
         try:
             engine.start(container)
             assert engine.wait(container, timeout=60)["StatusCode"] == 0

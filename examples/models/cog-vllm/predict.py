@@ -16,6 +16,7 @@ import sys
 import time
 
 import httpx
+
 from cog import BasePredictor, ConcatenateIterator, Input, emit_metric
 
 
