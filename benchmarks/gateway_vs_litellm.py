@@ -1,7 +1,9 @@
 """The same streaming load, in one run, straight to a fake OpenAI provider, through the cogkit
 gateway, and through LiteLLM's proxy (all pointing at that one fake), at 1, 16 and 256
-concurrent streams: requests/s, added latency p50/p99, added time to first token, and the
-gateway's RSS after the run. Everything listens on 127.0.0.1; every loop is bounded.
+concurrent streams: requests/s, added latency p50/p99, added time to first token, CPU ms per
+request of the process in the path (from its own CPU time: the fake for direct, the gateway, the
+proxy), and the gateway's RSS before and after a soak (--soak seconds, default 5 minutes).
+Everything listens on 127.0.0.1; every loop is bounded.
 
     python benchmarks/gateway_vs_litellm.py                     # LiteLLM if it can be found
     python benchmarks/gateway_vs_litellm.py --litellm-python /path/to/venv/bin/python
@@ -17,7 +19,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,15 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes import start_fake  # noqa: E402
+from tests.net import free_port  # noqa: E402
 
 LITELLM_KEY = "sk-bench-master-key"
 PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float, headers: dict | None = None) -> None:
@@ -54,6 +50,12 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, headers: dict | 
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
+
+
+def cpu_s(pid: int) -> float:
+    """The process's own CPU time (user + system, all its threads) so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -134,7 +136,9 @@ async def one(client: httpx.AsyncClient, base: str, key: str, model: str) -> tup
     return time.perf_counter() - start, ttft if ttft is not None else float("nan")
 
 
-async def load(base: str, key: str, model: str, concurrency: int, requests: int) -> dict:
+async def load(base: str, key: str, model: str, concurrency: int, requests: int, pid: int | None = None) -> dict:
+    """The measured phase of one target at one level; `pid`: the process whose CPU time is charged
+    to it (the fake for direct, the gateway for cogkit, the proxy for LiteLLM)."""
     # Several small client pools: one big httpx pool costs the load generator itself time that
     # grows with the square of its connections, which would show up as everybody's latency.
     per_pool = 16
@@ -158,9 +162,11 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int)
                     errors += 1
                 else:
                     results.append(r)
+        cpu0 = cpu_s(pid) if pid else 0.0
         start = time.perf_counter()
         await asyncio.gather(*(worker(pools[i // per_pool]) for i in range(concurrency)))
         wall = time.perf_counter() - start
+        cpu = (cpu_s(pid) - cpu0) if pid else float("nan")
     finally:
         for client in pools:
             await client.aclose()
@@ -168,7 +174,34 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int)
     ttft = sorted(r[1] for r in results)
     pick = (lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] * 1000) if results else (lambda xs, q: float("nan"))
     return {"rps": len(results) / wall, "p50": pick(lat, 0.5), "p99": pick(lat, 0.99),
+            "cpu_ms": cpu * 1000 / max(1, len(results)),
             "ttft50": pick(ttft, 0.5), "ttft99": pick(ttft, 0.99), "errors": errors, "n": len(results)}
+
+
+async def soak(base: str, key: str, model: str, concurrency: int, seconds: float, pid: int) -> list[tuple[float, float]]:
+    """`concurrency` streams back to back for `seconds`; the process's RSS (MiB) sampled along the way."""
+    samples: list[tuple[float, float]] = []
+    stop = time.monotonic() + seconds
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=120)
+
+    async def worker() -> None:
+        while time.monotonic() < stop:
+            try:
+                await one(client, base, key, model)
+            except httpx.HTTPError:
+                pass
+
+    async def sampler() -> None:
+        start = time.monotonic()
+        while time.monotonic() < stop:
+            samples.append((time.monotonic() - start, rss_mb(pid)))
+            await asyncio.sleep(max(1.0, seconds / 10))
+        samples.append((time.monotonic() - start, rss_mb(pid)))
+    try:
+        await asyncio.gather(sampler(), *(worker() for _ in range(concurrency)))
+    finally:
+        await client.aclose()
+    return samples
 
 
 def main() -> None:
@@ -178,53 +211,77 @@ def main() -> None:
     ap.add_argument("--token-delay", type=float, default=0.0, help="fake provider's seconds per token")
     ap.add_argument("--litellm-python", default=None, help="a Python with litellm[proxy] installed")
     ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--only", default="", help="targets to run, comma separated (direct,cogkit,litellm)")
+    ap.add_argument("--soak", type=float, default=300.0,
+                    help="seconds of the gateway soak at 64 streams, RSS sampled (0: none)")
     ap.add_argument("--gateway-python", default=sys.executable,
                     help="the Python that runs the gateway (e.g. a venv with uvicorn[standard]: uvloop, httptools)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    only = set(args.only.split(",")) if args.only else {"direct", "cogkit", "litellm"}
     workdir = Path(tempfile.mkdtemp(prefix="cogkit-bench-"))
     fake = start_fake("openai", api_key=None, process=True, token_delay=args.token_delay)
     fake_url = fake.base_url
+    assert fake._proc is not None
     procs: list[subprocess.Popen] = []
     try:
         gw_proc, gw_url, gw_key = start_gateway(fake_url, workdir, args.gateway_python)
         procs.append(gw_proc)
-        targets = [("direct", fake_url, "bench", "gpt-4o-mini"), ("cogkit", gw_url, gw_key, "m")]
-        python = None if args.no_litellm else find_litellm(args.litellm_python)
+        targets = [("direct", fake_url, "bench", "gpt-4o-mini", fake._proc.pid),
+                   ("cogkit", gw_url, gw_key, "m", gw_proc.pid)]
+        python = None if args.no_litellm or "litellm" not in only else find_litellm(args.litellm_python)
+        ll_proc = None
         if python:
             ll_proc, ll_url = start_litellm(python, fake_url, workdir)
             procs.append(ll_proc)
-            targets.append(("litellm", ll_url, LITELLM_KEY, "m"))
+            targets.append(("litellm", ll_url, LITELLM_KEY, "m", ll_proc.pid))
+        targets = [t for t in targets if t[0] in only]
+        rss_start = rss_mb(gw_proc.pid)
         rows = []
         for level in levels:
             n = args.requests or {1: 200, 16: 800}.get(level, max(1024, level * 4))
             base = None
-            for name, url, key, model in targets:
-                r = asyncio.run(load(url, key, model, level, n))
-                base = base or r
+            for name, url, key, model, pid in targets:
+                r = asyncio.run(load(url, key, model, level, n, pid))
+                base = base if base is not None else (r if name == "direct" else None)
                 rows.append((level, name, r, base))
                 print(f"  {name:8s} c={level:<4d} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
-                      f"p99 {r['p99']:7.2f} ms  ttft50 {r['ttft50']:7.2f} ms  errors {r['errors']}",
-                      file=sys.stderr, flush=True)
-        gw_rss = rss_mb(gw_proc.pid)
-        print(f"\nStreaming chat completions, {len(PROMPT.split()) + 1} tokens each, fake upstream "
-              f"token delay {args.token_delay * 1000:g} ms, {os.cpu_count()} CPUs\n")
+                      f"p99 {r['p99']:7.2f} ms  ttft50 {r['ttft50']:7.2f} ms  cpu {r['cpu_ms']:6.2f} ms/req  "
+                      f"errors {r['errors']}", file=sys.stderr, flush=True)
+        rss_after_levels = rss_mb(gw_proc.pid)
+        samples = asyncio.run(soak(gw_url, gw_key, "m", 64, args.soak, gw_proc.pid)) if args.soak > 0 else []
+        print(f"\nStreaming chat completions, {len(PROMPT.split()) + 2} chunks each, fake upstream "
+              f"token delay {args.token_delay * 1000:g} ms, {os.cpu_count()} CPUs (shared with other work: "
+              "CPU ms per request is the figure contention moves least)\n")
         head = (f"{'conc':>5} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} "
-                f"{'+p99 ms':>8} {'ttft50':>8} {'+ttft50':>8} {'errors':>6}")
+                f"{'+p99 ms':>8} {'ttft50':>8} {'+ttft50':>8} {'cpu ms/req':>10} {'errors':>6}")
         print(head)
         print("-" * len(head))
         for level, name, r, base in rows:
-            added = name != "direct"
+            added = name != "direct" and base is not None
+
+            def plus(k: str, r: dict = r, base: dict | None = base, added: bool = added) -> float:
+                return (r[k] - base[k]) if added and base is not None else float("nan")
             print(f"{level:>5} {name:<8} {r['rps']:>9.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                  f"{(r['p50'] - base['p50']) if added else 0:>8.2f} {(r['p99'] - base['p99']) if added else 0:>8.2f} "
-                  f"{r['ttft50']:>8.2f} {(r['ttft50'] - base['ttft50']) if added else 0:>8.2f} {r['errors']:>6}")
-        if not python and not args.no_litellm:
+                  f"{plus('p50'):>8.2f} {plus('p99'):>8.2f} {r['ttft50']:>8.2f} {plus('ttft50'):>8.2f} "
+                  f"{r['cpu_ms']:>10.2f} {r['errors']:>6}")
+        by = {(level, name): r for level, name, r, _b in rows}
+        for level in levels:
+            c, ll = by.get((level, "cogkit")), by.get((level, "litellm"))
+            if c and ll and ll["rps"]:
+                print(f"c={level}: cogkit/litellm requests/s = {c['rps'] / ll['rps']:.1f}x")
+        if not python and "litellm" in only and not args.no_litellm:
             print("\nlitellm: not found (pip install 'litellm[proxy]', or --litellm-python PATH)")
         fast = subprocess.run([args.gateway_python, "-c", "import uvloop, httptools"], capture_output=True).returncode == 0
-        print(f"\ncogkit gateway RSS after the run: {gw_rss:.1f} MiB "
+        print(f"\ncogkit gateway RSS: {rss_start:.1f} MiB at start, {rss_after_levels:.1f} MiB after the levels "
               f"(event loop: {'uvloop + httptools' if fast else 'asyncio + h11'})")
-        if len(procs) > 1:
-            print(f"litellm proxy RSS after the run: {rss_mb(procs[1].pid):.1f} MiB")
+        if samples:
+            print(f"soak, 64 streams for {args.soak:g} s: RSS " +
+                  ", ".join(f"{t:.0f}s {m:.1f}" for t, m in samples) + " MiB")
+            first, last = samples[0][1], samples[-1][1]
+            print(f"soak RSS before/after: {first:.1f} / {last:.1f} MiB ({last - first:+.1f} MiB)")
+        if ll_proc is not None:
+            print(f"litellm proxy RSS after the run: {rss_mb(ll_proc.pid):.1f} MiB")
     finally:
         for proc in procs:
             proc.terminate()

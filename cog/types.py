@@ -1,4 +1,5 @@
-from cogkit.sdk.types import *  # noqa: F403
+"""`cog.types`, as older projects import it."""
 from cogkit.sdk.types import (  # noqa: F401
-    AsyncConcatenateIterator, BaseModel, ConcatenateIterator, File, Input, Path, Secret, URLPath,
+    AsyncConcatenateIterator, BaseModel, CancelationException, ConcatenateIterator, FieldInfo, File, Input, Opaque,
+    Path, Secret, URLFile, URLPath, Weights,
 )

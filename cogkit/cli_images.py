@@ -1,10 +1,7 @@
-"""The `cogkit` commands that work with model images: build, debug, run, login,
-push, and the --image paths of predict, train and serve. Like cli.py, they only
-parse arguments and call cogkit.build; every expected failure is one clear
+"""The `cogkit` commands that work with model images: build, debug, login,
+push, and the image paths of run/predict/train and serve. Like cli.py, they
+only parse arguments and call cogkit.build; every expected failure is one clear
 line (or a build step's output), never a traceback.
-
-cli.py calls `register(app, <the cli module>)`: the commands share its Typer
-app and its helpers (fail, note, input parsing and output writing).
 """
 from __future__ import annotations
 
@@ -13,33 +10,22 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-_cli: Any = None  # cogkit.cli (or __main__ under `python -m cogkit.cli`), set by register()
+from cogkit.cli_common import fail, note, project_config
+
 PLATFORM_ENV = "COGKIT_PLATFORM_URL"
 TOKEN_ENV = "COGKIT_PLATFORM_TOKEN"
 PROJECT_OPTION = typer.Option(Path("."), "--project", "-p", help="The project directory")
 
 
-def register(app: typer.Typer, cli: ModuleType) -> None:
-    global _cli
-    _cli = cli
+def register(app: typer.Typer) -> None:
     app.command("build")(build)
     app.command("debug")(debug)
-    app.command("run")(run)
     app.command("login")(login)
     app.command("push")(push)
-
-
-def fail(message: str) -> None:
-    _cli.fail(message)
-
-
-def note(message: str) -> None:
-    _cli.note(message)
 
 
 @contextlib.contextmanager
@@ -48,6 +34,7 @@ def errors() -> Iterator[None]:
     import docker.errors
 
     from cogkit.build.builder import BuildError
+    from cogkit.build.checks import BuildCheckError
     from cogkit.build.cuda import CudaError
     from cogkit.build.registry import RegistryError
     from cogkit.config import ConfigError
@@ -55,7 +42,7 @@ def errors() -> Iterator[None]:
 
     try:
         yield
-    except (BuildError, RegistryError, ConfigError, SchemaError, CudaError) as e:
+    except (BuildError, BuildCheckError, RegistryError, ConfigError, SchemaError, CudaError) as e:
         fail(str(e))
     except docker.errors.APIError as e:  # the engine refused something we did not foresee
         fail(f"the Docker engine said: {getattr(e, 'explanation', None) or e}")
@@ -70,21 +57,52 @@ def _connect() -> Any:
 # --- build and debug -------------------------------------------------------------
 
 def build(
-    tag: Optional[str] = typer.Option(None, "-t", "--tag",
-                                      help="Image name (default: cog.yaml's image, else cog-<directory>)"),
+    tag: str | None = typer.Option(None, "-t", "--tag",
+                                   help="Image name (default: cog.yaml's image, else cog-<directory>)"),
     separate_weights: bool = typer.Option(False, "--separate-weights",
                                           help="Put weights (large files, weights/) in a layer of their own"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Build every layer afresh"),
+    secrets: list[str] = typer.Option([], "--secret", help="A secret for build.run mounts: id=NAME,src=FILE "
+                                                           "or id=NAME,env=VAR (repeatable)"),
+    debug_output: bool = typer.Option(False, "--debug", help="Show the generated Dockerfile and every build step"),
+    check: bool = typer.Option(False, "--check", help="Only check cog.yaml and the schema, as a build would"),
+    use_cog_base_image: str = typer.Option("false", "--use-cog-base-image", metavar="[=true|false]",
+                                           help="Accepted as Cog takes it; cogkit builds on its own base images"),
     project: Path = PROJECT_OPTION,
 ) -> None:
     """Build the project's model image with the Docker engine (progress on stderr)."""
-    from cogkit.build import builder
+    if use_cog_base_image.lower() not in ("true", "false", "1", "0"):
+        fail(f"--use-cog-base-image takes true or false, not {use_cog_base_image!r}")
+    if use_cog_base_image.lower() in ("true", "1"):
+        note("Note: cogkit builds on its own base images (python:X-slim, or CUDA for gpu: true), "
+             "not on Cog's cog-base images")
+    from cogkit.build import builder, checks
+    from cogkit.build import dockerfile as df
+    from cogkit.schema import build_openapi
 
-    _cli._config(project)  # a missing or broken cog.yaml is a clear error before the engine is asked
+    config = project_config(project)  # a missing or broken cog.yaml is a clear error before the engine is asked
+    for warning in config.warnings:
+        note(f"Warning: {warning}")
+    with errors():
+        checks.check_config(config)
+        openapi = build_openapi(config.project_dir, config.predict, config.train)
+        checks.check_schema(openapi)
+        parsed_secrets = [checks.parse_secret(flag) for flag in secrets]
+        checks.check_secrets(config, parsed_secrets, Path.cwd())
+    if debug_output:
+        files = df.select_files(config.project_dir, separate_weights)
+        note(df.generate(config, openapi, has_weights=bool(files.weights)))
+    if check:
+        note("cog.yaml and the schema check out (nothing built: --check)")
+        return
+    if any(config.build.run_mounts):
+        fail("build.run mounts secrets (RUN --mount=type=secret), which need BuildKit; this Docker engine "
+             "offers only the classic builder, so the image cannot be built here")
     client = _connect()
     with errors():
-        builder.build(project, tag, separate_weights=separate_weights, no_cache=no_cache, client=client,
-                      progress=builder.stderr_progress)
+        result = builder.build(config.project_dir, tag, separate_weights=separate_weights, no_cache=no_cache,
+                               client=client, progress=builder.stderr_progress, openapi=openapi)
+    note(f"Image built as {result.image}")
 
 
 def debug(
@@ -95,7 +113,7 @@ def debug(
     from cogkit.build import dockerfile as df
     from cogkit.schema import build_openapi
 
-    config = _cli._config(project)
+    config = project_config(project)
     with errors():
         openapi = build_openapi(config.project_dir, config.predict, config.train) if (
             config.predict or config.train) else None
@@ -105,89 +123,141 @@ def debug(
 
 # --- running images ------------------------------------------------------------------
 
-def _image_for(client: Any, project: Path, image: Optional[str], use_image: bool) -> str:
+def default_image(project: Path) -> str:
+    """The tag `cogkit build` gives the project's image."""
     from cogkit.build.builder import default_tag
+    return default_tag(project_config(project))
 
-    if image and use_image:
-        fail("give either --image IMAGE or --use-image, not both")
-    if use_image:
-        image = default_tag(_cli._config(project))
-    assert image
+
+def _require_image(client: Any, image: str) -> None:
     import docker.errors
     try:
         client.inspect_image(image)
     except docker.errors.ImageNotFound:
-        hint = "build it first: `cogkit build`" if use_image else f"build it (`cogkit build -t {image}`) or pull it"
-        fail(f"there is no image {image} in the Docker engine; {hint}")
-    return image
+        fail(f"there is no image {image} in the Docker engine; build it (`cogkit build -t {image}`) or pull it")
 
 
-def run_in_image(project: Path, image: Optional[str], use_image: bool, inputs: list[str], output: Optional[Path],
-                 mode: str) -> None:
-    """`cogkit predict/train --image`: start the image, send one request, write outputs like the local path."""
-    from cogkit.build import container, registry
+def image_openapi(image: str, mode: str) -> dict[str, Any]:
+    """The schema a model image carries in its run.cog.openapi_schema label."""
+    from cogkit.build import registry
 
     client = _connect()
-    image = _image_for(client, project, image, use_image)
+    _require_image(client, image)
     with errors():
         openapi, _ = registry.image_metadata(image, client)
     if not openapi:
         fail(f"{image} has no run.cog.openapi_schema label; is it a model image built by cogkit or Cog?")
     if mode == "train" and "TrainingInput" not in openapi.get("components", {}).get("schemas", {}):
         fail(f"{image} has no train entry point")
-    values = _cli._parse_inputs(openapi, inputs, mode)
-    streamed: list[Any] = []
-    concatenate = _cli.is_concatenated(openapi, mode)
-    note(f"Starting {image}")
-    with errors():
-        with container.start(image, client=client) as model:
+    return openapi
+
+
+def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[str, str]) -> dict[str, Any]:
+    """Start the image, send one request, stop it; setup and prediction logs go to stderr.
+    Ctrl-C (or SIGTERM) at any moment stops it too: no container is left, exit code 130."""
+    from cogkit.build import container
+
+    _stop_signals_interrupt()
+    try:
+        client = _connect()
+        note(f"Starting Docker image {image} and running setup()...")
+        with _one_container(client) as name, errors(), project_weights() as volumes:
+            model = container.start(image, env=env, client=client, name=name, volumes=volumes)
             setup_logs = (model.health.get("setup") or {}).get("logs") or ""
             if setup_logs.strip():
-                note(setup_logs.rstrip())
-            note(f"Running {mode} on {image}")
-            prediction = model.predict(values, mode, timeout=None,
-                                       on_event=_cli.stream_listener(streamed, concatenate))
-    _cli.show_result(mode, prediction.get("status", "failed"), prediction.get("output"), prediction.get("error"),
-                     output, streamed, concatenate)
+                sys.stderr.write(setup_logs)
+            prediction = model.predict(values, mode, timeout=None)
+    except KeyboardInterrupt:
+        fail(f"interrupted; the container of {image} is stopped and removed", code=130)
+    if prediction.get("logs"):
+        sys.stderr.write(prediction["logs"])
+    return prediction
+
+
+@contextlib.contextmanager
+def project_weights() -> Iterator[dict[str, str]]:
+    """Run from a project whose cog.yaml declares weights: they are mounted at their targets."""
+    from cogkit import weights
+    from cogkit.cli_common import find_project
+    from cogkit.config import ConfigError, load_config
+
+    directory = find_project(Path("."))
+    try:
+        raw = load_config(directory).raw if (directory / "cog.yaml").is_file() else {}
+    except ConfigError:
+        raw = {}
+    try:
+        with weights.mounted(directory, raw) as volumes:
+            yield volumes
+    except weights.WeightsError as e:
+        fail(str(e))
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run_foreground(image: str, port: int, host: str = "127.0.0.1") -> None:
-    """Run the image until Ctrl-C (or SIGTERM), showing its log; then stop the container."""
+def _stop_signals_interrupt() -> None:
+    """Ctrl-C and SIGTERM both raise KeyboardInterrupt, even when started with SIGINT ignored (`cmd &`)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def _one_container(client: Any) -> Iterator[str]:
+    """A name for the container the command is about to start, and its removal when the
+    command ends, however it ends. The name is chosen first, so an interrupt that lands
+    between the engine creating the container and us learning its id still finds it;
+    once removal begins, further Ctrl-Cs are ignored so they cannot cut it short."""
+    import uuid
+
+    from cogkit.build import container
+
+    name = f"cogkit-{uuid.uuid4().hex[:16]}"
+    try:
+        yield name
+    finally:
+        while True:
+            try:  # an interrupt already on its way may land before the handlers are swapped
+                for stop_signal in STOP_SIGNALS:
+                    signal.signal(stop_signal, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:
+                continue
+        container.remove(client, name)
+
+
+def serve_image(image: str, port: int, host: str = "127.0.0.1", upload_url: str | None = None) -> None:
+    """Run the image until Ctrl-C (or SIGTERM), showing its log; then stop the container.
+    Whenever the interrupt lands (before the container exists, while it starts, while it
+    serves, or again while it stops) the command ends cleanly (exit 0) and leaves no container."""
     from cogkit.build import container
 
     if host != "127.0.0.1":
         fail(f"a model image is served on 127.0.0.1 only (its container shares the host network); not {host}")
-    client = _connect()
-    image = _image_for(client, Path("."), image, False)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    note(f"Starting {image} on 127.0.0.1:{port}")
-    with errors():
-        model = container.start(image, port=port, client=client)
+    _stop_signals_interrupt()
     try:
-        typer.echo(f"Serving {image} on {model.url} (Ctrl-C stops it)")
-        for chunk in client.logs(model.container, stream=True, follow=True):
-            sys.stderr.write(chunk.decode(errors="replace"))
-            sys.stderr.flush()
-        state = model.state()
-        fail(f"the container of {image} exited (code {state.get('ExitCode')})")
+        client = _connect()
+        _require_image(client, image)
+        note(f"Starting {image} on 127.0.0.1:{port}")
+        with _one_container(client) as name, project_weights() as volumes:
+            try:
+                with errors():
+                    model = container.start(image, port=port, client=client, upload_url=upload_url, wait=False,
+                                            name=name, volumes=volumes)
+                typer.echo(f"Serving {image} on {model.url} (Ctrl-C stops it)")
+                for chunk in client.logs(model.container, stream=True, follow=True):
+                    sys.stderr.write(chunk.decode(errors="replace"))
+                    sys.stderr.flush()
+                state = model.state()
+                fail(f"the container of {image} exited (code {state.get('ExitCode')})")
+            except KeyboardInterrupt:
+                note(f"Stopping {image}")
     except KeyboardInterrupt:
-        note(f"Stopping {image}")
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        model.stop()
-
-
-def run(
-    image: str = typer.Argument(..., help="The model image"),
-    port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1 for its HTTP API"),
-) -> None:
-    """Run a model image on 127.0.0.1:PORT in the foreground; Ctrl-C stops it."""
-    run_foreground(image, port)
+        pass  # before the container existed, or while the note was printed: nothing is left either way
 
 
 # --- registries and the platform ----------------------------------------------------------
@@ -195,7 +265,7 @@ def run(
 def login(
     registry_host: str = typer.Argument(..., metavar="REGISTRY",
                                         help="Registry host, e.g. r.example.com or 127.0.0.1:5050"),
-    username: Optional[str] = typer.Option(None, "--username", "-u", help="Asked for when not given"),
+    username: str | None = typer.Option(None, "--username", "-u", help="Asked for when not given"),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin"),
 ) -> None:
     """Check credentials with a registry and store them (in your home, mode 600) for push."""
@@ -223,9 +293,9 @@ def _namespace_and_model(name: str, host: str) -> tuple[str, str]:
 
 def push(
     ref: str = typer.Argument(..., metavar="REGISTRY/NAMESPACE/MODEL[:TAG]", help="Where to push"),
-    platform: Optional[str] = typer.Option(None, "--platform", envvar=PLATFORM_ENV,
+    platform: str | None = typer.Option(None, "--platform", envvar=PLATFORM_ENV,
                                            help=f"Register the pushed version with this platform (or ${PLATFORM_ENV})"),
-    token: Optional[str] = typer.Option(None, "--token", envvar=TOKEN_ENV,
+    token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV,
                                         help=f"The platform's API token (or ${TOKEN_ENV})"),
     project: Path = PROJECT_OPTION,
 ) -> None:
@@ -247,7 +317,7 @@ def push(
     try:
         client.inspect_image(ref)
     except docker.errors.ImageNotFound:
-        local = builder.default_tag(_cli._config(project))
+        local = builder.default_tag(project_config(project))
         try:
             client.inspect_image(local)
         except docker.errors.ImageNotFound:

@@ -17,12 +17,12 @@ import yaml
 
 FILENAME = "cog.yaml"
 
-TOP_KEYS = ["build", "image", "predict", "run", "train", "concurrency", "environment", "weights", "tests"]
+TOP_KEYS = ["build", "image", "predict", "run", "train", "concurrency", "environment", "weights", "tests", "model"]
 BUILD_KEYS = ["gpu", "cuda", "cudnn", "python_version", "python_packages", "python_requirements",
               "system_packages", "run", "pre_install", "cog_runtime", "fast"]
 CONCURRENCY_KEYS = ["max", "default_target"]
 RUN_ITEM_KEYS = ["command", "mounts"]
-MIN_PYTHON_MINOR = 8
+MIN_PYTHON_MINOR = 10  # as Cog 0.23
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -44,6 +44,7 @@ class BuildConfig:
     gpu: bool = False
     cuda: str | None = None
     run: list[str] = field(default_factory=list)
+    run_mounts: list[list[dict]] = field(default_factory=list)  # per run command: its `mounts` (secrets)
 
 
 @dataclass
@@ -56,13 +57,28 @@ class Config:
     concurrency_max: int = 1
     environment: dict[str, str] = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # deprecated fields, worded as Cog words them
 
     def requirements(self) -> list[str]:
-        """python_packages followed by the lines of python_requirements (with -r includes expanded)."""
+        """python_packages, the lines of python_requirements (with -r includes expanded), then
+        what Cog's SDK brings into every model's environment that the project does not pin itself."""
         reqs = list(self.build.python_packages)
         if self.build.python_requirements:
             reqs += _read_requirements(self.project_dir / self.build.python_requirements, set())
-        return reqs
+        if any("--hash" in r for r in reqs):
+            return reqs  # hash-checking mode: pip would refuse anything unhashed added here
+        pinned = {requirement_name(r) for r in reqs}
+        return reqs + [r for r in SDK_REQUIREMENTS if requirement_name(r) not in pinned]
+
+
+# Cog's SDK depends on these, so real projects import them without listing them.
+SDK_REQUIREMENTS = ("requests>=2", "pyyaml>=6", "structlog>=24", "typing_extensions>=4.4")
+
+
+def requirement_name(line: str) -> str:
+    """The normalized project name of a requirement line ("PyYAML==6.0" -> "pyyaml")."""
+    name = re.split(r"[\s<>=!~;\[@]", line.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def load_config(project_dir: str | os.PathLike = ".") -> Config:
@@ -103,6 +119,21 @@ def _read_requirements(path: pathlib.Path, seen: set[pathlib.Path]) -> list[str]
         elif line:
             out.append(line)
     return out
+
+
+def _deprecations(raw: dict) -> list[str]:
+    """Cog's deprecation warnings for a cog.yaml (its wording: the suite checks it)."""
+    build = raw.get("build") if isinstance(raw.get("build"), dict) else {}
+    found = []
+    if raw.get("predict"):
+        found.append('deprecated field "predict": use "run" instead')
+    if isinstance(raw.get("concurrency"), dict) and raw["concurrency"].get("max") is not None:
+        found.append('deprecated field "concurrency.max": use "@cog.concurrent(max=...)" instead')
+    if build.get("python_packages"):
+        found.append('deprecated field "build.python_packages": use "build.python_requirements" instead')
+    if build.get("pre_install"):
+        found.append('deprecated field "build.pre_install": use "build.run" instead')
+    return found
 
 
 def _describe(value: Any) -> str:
@@ -163,7 +194,7 @@ class _Parser:
         return Config(
             project_dir=self.project_dir, build=build, predict=predict, train=self._ref(raw, "train"),
             image=self.get(raw, ("image",), str, "a string"), concurrency_max=cmax,
-            environment=self._environment(raw.get("environment")), raw=raw,
+            environment=self._environment(raw.get("environment")), raw=raw, warnings=_deprecations(raw),
         )
 
     def _index(self, node: yaml.Node, path: tuple):
@@ -228,7 +259,8 @@ class _Parser:
         py = self._version(b, p("python_version"), r"3\.(\d+)(\.\d+)?", "a Python version like \"3.11\"")
         if py:
             if int(py.group(1)) < MIN_PYTHON_MINOR:
-                self.fail(p("python_version"), f"must be 3.{MIN_PYTHON_MINOR} or newer, got {py.group(0)!r}")
+                self.fail(p("python_version"), f"is {py.group(0)!r}: invalid build.python_version \"{py.group(0)}\": "
+                                               f"minimum supported Python version is 3.{MIN_PYTHON_MINOR}")
             cfg.python_version = f"3.{int(py.group(1))}"
         cuda = self._version(b, p("cuda"), r"\d+(\.\d+)*", "a CUDA version like \"12.1\"")
         cfg.cuda = cuda.group(0) if cuda else None
@@ -245,15 +277,22 @@ class _Parser:
         cfg.python_requirements = req
         for i, cmd in enumerate(self.get(b, p("run"), list, "a list of commands") or []):
             item = p("run") + (i,)
+            mounts: list[dict] = []
             if isinstance(cmd, dict):
                 self._check_keys(cmd, item, RUN_ITEM_KEYS)
-                self.get(cmd, item + ("mounts",), list, "a list")
+                mounts = self.get(cmd, item + ("mounts",), list, "a list") or []
+                for j, mount in enumerate(mounts):
+                    where = item + ("mounts", j)
+                    if not isinstance(mount, dict) or mount.get("type") != "secret" or not mount.get("id") \
+                            or not mount.get("target"):
+                        self.fail(where, "must be a secret mount: {type: secret, id: NAME, target: PATH}")
                 cmd = cmd.get("command")
                 if not isinstance(cmd, str):
                     self.fail(item + ("command",), f"must be a command string, got {_describe(cmd)}")
             elif not isinstance(cmd, str):
                 self.fail(item, f"must be a command string or a mapping with 'command', got {_describe(cmd)}")
             cfg.run.append(cmd)
+            cfg.run_mounts.append(mounts)
         return cfg
 
     def _ref(self, raw: dict, key: str) -> str | None:

@@ -36,45 +36,76 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def validate_input(openapi: dict, payload: object, mode: str = "predict") -> dict:
-    """The input with defaults filled in, or InputValidationError listing every bad field.
+def validate_input(openapi: dict, payload: object, mode: str = "predict", ignore_undeclared: bool = False) -> dict:
+    """The input with defaults filled in, or InputValidationError listing every bad field
+    (see InputRules.validate; this reads the schema afresh, for one-off use)."""
+    return InputRules(openapi, mode).validate(payload, ignore_undeclared)
 
-    A missing (None) payload counts as {}: PredictionRequest.input is optional. A Secret
-    input whose default the schema masks ("**********") is left out when not given."""
-    schema, _ = input_schema(openapi, mode)
-    props: dict[str, dict] = schema.get("properties", {})
-    required = set(schema.get("required", []))
-    if payload is None:
-        payload = {}
-    if not isinstance(payload, dict):
-        raise InputValidationError([_err([], f"input must be an object, got {_json_type(payload)}",
-                                         "type_error.dict")])
-    errors: list[dict] = []
-    for name in payload:
-        if name not in props:
-            errors.append(_err([name], "unexpected field", "value_error.extra"))
-    out: dict[str, Any] = {}
-    for name, prop in sorted(props.items(), key=lambda kv: kv[1].get("x-order", math.inf)):
-        if name in payload:
-            out[name] = _check(prop, payload[name], [name], errors)
-        elif name in required:
-            errors.append(_err([name], "field required", "value_error.missing"))
-        elif prop.get("x-cog-secret") and prop.get("default") == "**********":
-            continue  # a masked Secret default: leave it out so the predictor's own default applies
-        else:
-            # No default means an optional input: the predictor gets None, as in Cog.
-            out[name] = copy.deepcopy(prop.get("default"))
-    if errors:
-        raise InputValidationError(errors)
-    return out
+
+class InputRules:
+    """One entry point's input schema, read once (enums inlined, fields in x-order) and
+    then used for every request: the server validates thousands of inputs a second."""
+
+    def __init__(self, openapi: dict, mode: str = "predict") -> None:
+        schema, _ = input_schema(openapi, mode)
+        self.props: dict[str, dict] = schema.get("properties", {})
+        self.required = set(schema.get("required", []))
+        self.ordered = sorted(self.props.items(), key=lambda kv: kv[1].get("x-order", math.inf))
+        self.secrets = {name for name, prop in self.props.items() if prop.get("x-cog-secret")}
+
+    def undeclared(self, payload: object) -> list[str]:
+        """Input fields the model does not declare (Cog's HTTP API ignores them)."""
+        return [name for name in payload if name not in self.props] if isinstance(payload, dict) else []
+
+    def validate(self, payload: object, ignore_undeclared: bool = False) -> dict:
+        """The input with defaults filled in, or InputValidationError listing every bad field.
+
+        A missing (None) payload counts as {}: PredictionRequest.input is optional. A Secret
+        input whose default the schema masks ("**********") is left out when not given.
+        Fields the model does not declare are errors, unless ignore_undeclared (Cog's HTTP
+        API drops them; undeclared() names them)."""
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            raise InputValidationError([_err([], f"input must be an object, got {_json_type(payload)}",
+                                             "type_error.dict")])
+        errors: list[dict] = []
+        if not ignore_undeclared:
+            errors += [_err([name], "unexpected field", "value_error.extra") for name in self.undeclared(payload)]
+        out: dict[str, Any] = {}
+        for name, prop in self.ordered:
+            if name in payload:
+                out[name] = _check(prop, payload[name], [name], errors)
+            elif name in self.required:
+                errors.append(_err([name], "field required", "value_error.missing"))
+            elif prop.get("x-cog-secret") and prop.get("default") == "**********":
+                continue  # a masked Secret default: leave it out so the predictor's own default applies
+            else:
+                # No default means an optional input: the predictor gets None, as in Cog.
+                default = prop.get("default")
+                out[name] = copy.deepcopy(default) if isinstance(default, (list, dict)) else default
+        if errors:
+            raise InputValidationError(errors)
+        return out
 
 
 def _check(prop: dict, value: Any, loc: list, errors: list[dict]) -> Any:
     """The value (ints made of integral floats), appending an error for anything wrong with it."""
     if value is None:
-        if not prop.get("nullable"):
-            errors.append(_err(loc, "none is not an allowed value", "type_error.none.not_allowed"))
+        # As in Cog: an explicit null is rejected even for an Optional input (omit it to get None);
+        # only an untyped (Any) input takes it.
+        if any(key in prop for key in ("type", "anyOf", "enum")):
+            errors.append(_err(loc, "must not be null (omit the field to leave it unset)", "type_error.none.not_allowed"))
         return None
+    if isinstance(prop.get("anyOf"), list):  # a union input (`str | float`): the first variant that fits
+        for variant in prop["anyOf"]:
+            attempt: list[dict] = []
+            checked = _check(variant, value, loc, attempt)
+            if not attempt:
+                return checked
+        kinds = ", ".join(str(v.get("type", "any")) for v in prop["anyOf"] if isinstance(v, dict))
+        errors.append(_err(loc, f"expected one of: {kinds}; got {_json_type(value)}", "type_error.union"))
+        return value
     typ = prop.get("type")
     n = len(errors)
     if typ == "string":
@@ -101,9 +132,8 @@ def _check(prop: dict, value: Any, loc: list, errors: list[dict]) -> Any:
         else:
             items = prop.get("items") or {}
             value = [_check(items, v, [*loc, i], errors) for i, v in enumerate(value)]
-    elif typ == "object":
-        if not isinstance(value, dict):
-            errors.append(_err(loc, f"expected object, got {_json_type(value)}", "type_error.dict"))
+    elif typ == "object" and not isinstance(value, dict):
+        errors.append(_err(loc, f"expected object, got {_json_type(value)}", "type_error.dict"))
     if len(errors) > n or typ not in ("integer", "number", "string"):
         return value
     if typ in ("integer", "number"):
@@ -117,6 +147,11 @@ def _check(prop: dict, value: Any, loc: list, errors: list[dict]) -> Any:
     if enum is not None and len(errors) == n and value not in enum:
         errors.append(_err(loc, "must be one of " + ", ".join(json.dumps(e) for e in enum), "type_error.enum"))
     return value
+
+
+def undeclared_fields(openapi: dict, payload: object, mode: str = "predict") -> list[str]:
+    """Input fields the model does not declare (Cog's HTTP API ignores them)."""
+    return InputRules(openapi, mode).undeclared(payload)
 
 
 def _check_string(prop: dict, value: str, loc: list, errors: list[dict]) -> None:

@@ -10,6 +10,16 @@ import ast
 from pathlib import Path
 from typing import Any
 
+from cogkit.schema_document import (
+    REF,
+    fixed_components,
+    job_paths,
+    request_response,
+    simple,
+)
+
+__all__ = ["REF", "SchemaError", "build_openapi", "title_case"]
+
 
 class SchemaError(Exception):
     """The predictor's signature can't be turned into a schema; the message says where and why."""
@@ -28,12 +38,14 @@ _TYPING_MODULES = {"typing", "typing_extensions", "collections.abc"}
 
 _KINDS = {
     ("cog", "Path"): "Path", ("cog", "File"): "Path", ("cog", "URLPath"): "Path", ("pathlib", "Path"): "Path",
-    ("cog", "Secret"): "Secret", ("cog", "Input"): "Input",
+    ("cog", "Secret"): "Secret", ("cog", "Input"): "Input", ("cog", "streaming"): "streaming",
     ("cog", "BaseModel"): "BaseModel", ("pydantic", "BaseModel"): "BaseModel",
     ("cog", "BasePredictor"): "BasePredictor", ("cog", "BaseRunner"): "BaseRunner",
     ("cog", "ConcatenateIterator"): "ConcatenateIterator", ("cog", "AsyncConcatenateIterator"): "ConcatenateIterator",
     ("cog", "Iterator"): "Iterator", ("cog", "AsyncIterator"): "Iterator",
     ("typing", "Optional"): "Optional", ("typing", "Union"): "Union", ("typing", "Any"): "Any",
+    ("typing", "Annotated"): "Annotated", ("cog", "Opaque"): "Opaque", ("typing", "TypedDict"): "TypedDict",
+    ("typing", "NotRequired"): "NotRequired", ("typing", "Required"): "Required",
     ("typing", "List"): "list", ("typing", "Dict"): "dict",
     ("typing", "Iterator"): "Iterator", ("typing", "AsyncIterator"): "Iterator",
     ("typing", "Generator"): "Iterator", ("typing", "AsyncGenerator"): "Iterator",
@@ -47,7 +59,8 @@ _PRIMITIVES = {
     "bool": {"type": "boolean"}, "Path": {"type": "string", "format": "uri"},
     "Secret": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True},
 }
-_INPUT_ARGS = {"default", "description", "ge", "le", "min_length", "max_length", "regex", "choices", "deprecated"}
+_INPUT_ARGS = {"default", "description", "ge", "le", "min_length", "max_length", "regex", "choices", "deprecated",
+               "accept"}
 
 
 def _group(module: str) -> str:
@@ -175,6 +188,15 @@ class _Module:
             head = node.value
             args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
         kind = self.kind(head)
+        if kind == "Annotated" and args:
+            if any(self.kind(a) == "Opaque" for a in args[1:]):
+                # Opaque: an object the schema does not look into (a list of them stays a list)
+                inner = self._unstring(args[0], where)
+                is_list = self.kind(inner.value if isinstance(inner, ast.Subscript) else inner) == "list"
+                return {"type": "array", "items": {"type": "object"}} if is_list else {"type": "object"}
+            return self.type_schema(args[0], where, output, top, seen)  # other metadata says nothing to Cog
+        if kind in ("NotRequired", "Required") and len(args) == 1:  # TypedDict field markers
+            return self.type_schema(args[0], where, output, top, seen)
         if kind == "Optional" and len(args) == 1:
             return self._union([args[0], ast.Constant(None)], node, where, output, seen)
         if kind == "Union" and args:
@@ -185,6 +207,8 @@ class _Module:
             items = self.type_schema(args[0], where, output, False, seen) if args else {}
             return {"type": "array", "items": items}
         if kind == "dict":
+            if len(args) == 2 and self.kind(self._unstring(args[1], where)) != "Any":
+                return {"type": "object", "additionalProperties": self.type_schema(args[1], where, output, False, seen)}
             return {"type": "object"}
         if kind == "Any":
             return {}
@@ -196,6 +220,9 @@ class _Module:
             return schema
         if output and top and kind == "None":
             return {"nullable": True}
+        if kind and kind.startswith("class:") and self._is_typeddict(kind[6:]):
+            # As Cog: a TypedDict input is a plain object; as an output, its fields are listed.
+            return self._typeddict_schema(kind[6:], where, seen) if output else {"type": "object"}
         if output and kind and kind.startswith("class:"):
             return self._model_schema(kind[6:], where, seen)
         supported = SUPPORTED_OUTPUTS if output else SUPPORTED_INPUTS
@@ -205,12 +232,19 @@ class _Module:
     def _union(self, members: list[ast.expr], node: ast.expr, where: str, output: bool, seen: tuple) -> dict:
         members = [self._unstring(m, where) for m in members]
         rest = [m for m in members if self.kind(m) != "None"]
-        if len(rest) != 1 or len(rest) == len(members):
-            raise SchemaError(f"{where}: unsupported union '{ast.unparse(node)}'; only Optional[T] "
-                              f"(T | None) is supported")
-        schema = self.type_schema(rest[0], where, output, False, seen)
-        schema["nullable"] = True
-        return schema
+        nullable = len(rest) < len(members)
+        if len(rest) == 1 and nullable:
+            schema = self.type_schema(rest[0], where, output, False, seen)
+            schema["nullable"] = True
+            return schema
+        if output or len(rest) < 2:
+            raise SchemaError(f"{where}: unsupported union '{ast.unparse(node)}'; "
+                              + ("an output may only be Optional[T] (T | None)" if output else "give at least one type"))
+        # An input union (`str | float`): any of the variants, as Cog's generator writes it.
+        variants = [self.type_schema(m, where, False, False, seen) for m in rest]
+        if nullable:
+            variants = [{**v, "nullable": True} for v in variants]
+        return {"anyOf": variants, **({"nullable": True} if nullable else {})}
 
     def _is_model(self, name: str, seen: frozenset = frozenset()) -> bool:
         cls = self.classes[name]
@@ -221,6 +255,34 @@ class _Module:
             if k and k.startswith("class:") and k[6:] not in seen and self._is_model(k[6:], seen | {name}):
                 return True
         return False
+
+    def _is_typeddict(self, name: str) -> bool:
+        return any(self.kind(base) == "TypedDict" for base in self.classes[name].bases)
+
+    def _typeddict_schema(self, name: str, where: str, seen: tuple) -> dict:
+        """A TypedDict output: its fields, required unless NotRequired[...] (or total=False)."""
+        if name in seen:
+            raise SchemaError(f"{where}: class '{name}' refers to itself; recursive outputs are not supported")
+        cls = self.classes[name]
+        total = not any(k.arg == "total" and isinstance(k.value, ast.Constant) and k.value.value is False
+                        for k in cls.keywords)
+        props: dict[str, dict] = {}
+        required: list[str] = []
+        for stmt in cls.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            field = stmt.target.id
+            annotation = self._unstring(stmt.annotation, where)
+            marker = self.kind(annotation.value) if isinstance(annotation, ast.Subscript) else None
+            fwhere = f"{self.label}:{stmt.lineno}: field '{field}' of {name}"
+            props[field] = {**self.type_schema(annotation, fwhere, True, False, seen + (name,)),
+                            "title": title_case(field)}
+            if marker == "Required" or (total and marker != "NotRequired"):
+                required.append(field)
+        schema: dict[str, Any] = {"type": "object", "properties": props}
+        if required:
+            schema["required"] = required
+        return schema
 
     def _model_schema(self, name: str, where: str, seen: tuple) -> dict:
         if not self._is_model(name):
@@ -241,7 +303,8 @@ class _Module:
                 prop = {"title": title_case(field),
                         **self.type_schema(stmt.annotation, fwhere, True, False, seen + (name,))}
                 if stmt.value is None:
-                    required.append(field)
+                    if not prop.get("nullable"):  # an Optional field may be left out, as in Cog
+                        required.append(field)
                 else:
                     try:
                         default = self.literal(stmt.value)
@@ -362,6 +425,15 @@ class _Builder:
         raise SchemaError(f"{rel}:{mod.classes[name].lineno}: class '{name}' has no "
                           f"{' or '.join(m + '()' for m in wanted)} method")
 
+    def is_streaming(self, ref: str) -> bool:
+        """Whether the predict entry point carries Cog's `@streaming` decorator."""
+        mod, fn, _, _ = self.entry(ref, "predict")
+        for decorator in fn.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if mod.kind(target) == "streaming":
+                return True
+        return False
+
     def analyze(self, ref: str, mode: str, input_key: str, used: dict) -> tuple[dict, dict, dict]:
         """(input schema, output schema, enum components) of one entry point."""
         mod, fn, qual, is_method = self.entry(ref, mode)
@@ -386,6 +458,7 @@ class _Builder:
                                   f"supported input types: {SUPPORTED_INPUTS}")
             typ = mod.type_schema(arg.annotation, where)
             nullable = typ.pop("nullable", False)
+            union = "anyOf" in typ
             field = mod.field(default, where)
             prop: dict[str, Any] = {}
             choices = field.get("choices")
@@ -397,10 +470,13 @@ class _Builder:
                 prop["title"] = title_case(name)
                 prop.update(typ)
             value = field.get("default", _MISSING)
-            if value is None:
-                nullable = True  # `x: str = None` accepts None, as pydantic does
-            elif value is not _MISSING:
-                prop["default"] = value
+            if value is None and typ.get("x-cog-secret"):
+                nullable = True  # `api_key: Secret = Input(default=None)`: an optional credential, as in Cog
+            if value is None and not nullable:
+                # Cog: None on a non-Optional input is no default ("generate one at run time"): required.
+                value = _MISSING
+            if value is not _MISSING:
+                prop["default"] = value  # including `"default": null` for an Optional input
             prop["x-order"] = order
             for key, schema_key in (("description", "description"), ("ge", "minimum"), ("le", "maximum"),
                                     ("min_length", "minLength"), ("max_length", "maxLength"),
@@ -409,9 +485,11 @@ class _Builder:
                     prop[schema_key] = field[key]
             if field.get("deprecated"):
                 prop["deprecated"] = True
+            if field.get("accept") is not None:
+                prop["x-cog-accept"] = field["accept"]  # the MIME types a file input takes
             if nullable:
                 prop["nullable"] = True
-            elif value is _MISSING:
+            if value is _MISSING and (union or not nullable):
                 required.append(name)
             props[name] = prop
 
@@ -446,109 +524,15 @@ def _enum_schema(name: str, typ: dict, choices: Any, where: str) -> dict:
     return {"type": typ["type"], "enum": choices, "title": name, "description": "An enumeration."}
 
 
-# ---- the fixed parts of the document (FastAPI's output in Cog's server)
-
-def _json(schema: dict) -> dict:
-    return {"application/json": {"schema": schema}}
-
-
-def _ok(schema: dict) -> dict:
-    return {"description": "Successful Response", "content": _json(schema)}
-
-
-REF = "#/components/schemas/"
-_422 = {"description": "Validation Error", "content": _json({"$ref": REF + "HTTPValidationError"})}
-_PREFER = {"name": "prefer", "in": "header", "required": False, "schema": {"title": "Prefer", "type": "string"}}
-
-
-def _simple(method: str, summary: str, op: str, title: str) -> dict:
-    return {method: {"summary": summary, "operationId": op, "responses": {"200": _ok({"title": title})}}}
-
-
-def _job_paths(train: bool) -> dict:
-    noun, plural, verb = ("training", "trainings", "Train") if train else ("prediction", "predictions", "Predict")
-    req, resp = REF + f"{noun.title()}Request", REF + f"{noun.title()}Response"
-    id_param = {"name": f"{noun}_id", "in": "path", "required": True,
-                "schema": {"type": "string", "title": f"{noun.title()} ID"}}
-    responses = {"200": _ok({"$ref": resp}), "422": _422}
-    return {
-        f"/{plural}": {"post": {
-            "summary": verb, "description": f"Run a single {noun} on the model",
-            "operationId": f"{verb.lower()}_{plural}_post", "parameters": [_PREFER],
-            "requestBody": {"content": _json({"$ref": req})}, "responses": responses}},
-        f"/{plural}/{{{noun}_id}}": {"put": {
-            "summary": f"{verb} Idempotent", "description": f"Run a single {noun} on the model (idempotent creation).",
-            "operationId": f"{verb.lower()}_idempotent_{plural}__{noun}_id__put",
-            "parameters": [id_param, _PREFER],
-            "requestBody": {"required": True, "content": _json({"allOf": [{"$ref": req}],
-                                                                "title": f"{noun.title()} Request"})},
-            "responses": responses}},
-        f"/{plural}/{{{noun}_id}}/cancel": {"post": {
-            "summary": "Cancel", "description": f"Cancel a running {noun}",
-            "operationId": f"cancel_{plural}__{noun}_id__cancel_post", "parameters": [id_param],
-            "responses": {"200": _ok({"title": f"Response Cancel {plural.title()}  {noun.title()} Id  Cancel Post"}),
-                          "422": _422}}},
-    }
-
-
-def _nullable(schema: dict) -> dict:
-    return {**schema, "nullable": True}
-
-
-def _request_response(prefix: str, input_key: str, output_key: str) -> dict:
-    dt = {"type": "string", "format": "date-time"}
-    inp = {"$ref": REF + input_key, "nullable": True}
-    request = {"title": f"{prefix}Request", "type": "object", "properties": {
-        "input": inp, "id": _nullable({"title": "Id", "type": "string"}),
-        "created_at": _nullable({"title": "Created At", **dt}),
-        "context": _nullable({"title": "Context", "additionalProperties": {"type": "string"}, "type": "object"}),
-        "output_file_prefix": _nullable({"title": "Output File Prefix", "type": "string"}),
-        "webhook": _nullable({"title": "Webhook", "type": "string", "maxLength": 65536, "minLength": 1,
-                              "format": "uri"}),
-        "webhook_events_filter": {"default": ["start", "output", "logs", "completed"],
-                                  "items": {"$ref": REF + "WebhookEvent"}, "type": "array", "nullable": True},
-    }}
-    response = {"title": f"{prefix}Response", "type": "object", "properties": {
-        "input": inp, "output": {"$ref": REF + output_key},
-        "id": _nullable({"title": "Id", "type": "string"}),
-        "version": _nullable({"title": "Version", "type": "string"}),
-        "created_at": _nullable({"title": "Created At", **dt}),
-        "started_at": _nullable({"title": "Started At", **dt}),
-        "completed_at": _nullable({"title": "Completed At", **dt}),
-        "logs": {"type": "string", "title": "Logs", "default": ""},
-        "error": _nullable({"title": "Error", "type": "string"}),
-        "status": {"$ref": REF + "Status", "nullable": True},
-        "metrics": _nullable({"title": "Metrics", "additionalProperties": True, "type": "object"}),
-    }}
-    return {f"{prefix}Request": request, f"{prefix}Response": response}
-
-
-def _fixed_components() -> dict:
-    return {
-        "HTTPValidationError": {"title": "HTTPValidationError", "type": "object", "properties": {
-            "detail": {"title": "Detail", "type": "array", "items": {"$ref": REF + "ValidationError"}}}},
-        "ValidationError": {"title": "ValidationError", "type": "object", "required": ["loc", "msg", "type"],
-                            "properties": {
-                                "loc": {"title": "Location", "type": "array",
-                                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
-                                "msg": {"title": "Message", "type": "string"},
-                                "type": {"title": "Error Type", "type": "string"}}},
-        "Status": {"title": "Status", "type": "string", "description": "An enumeration.",
-                   "enum": ["starting", "processing", "succeeded", "canceled", "failed"]},
-        "WebhookEvent": {"title": "WebhookEvent", "type": "string", "description": "An enumeration.",
-                         "enum": ["start", "output", "logs", "completed"]},
-    }
-
-
 def build_openapi(project_dir: str | Path, predict_ref: str | None, train_ref: str | None = None) -> dict:
     """The OpenAPI document for a project's predict (and optional train) entry points."""
     builder = _Builder(Path(project_dir))
     paths: dict[str, dict] = {
-        "/": _simple("get", "Root", "root__get", "Response Root  Get"),
-        "/health-check": _simple("get", "Healthcheck", "healthcheck_health_check_get",
+        "/": simple("get", "Root", "root__get", "Response Root  Get"),
+        "/health-check": simple("get", "Healthcheck", "healthcheck_health_check_get",
                                  "Response Healthcheck Health Check Get"),
     }
-    components = _fixed_components()
+    components = fixed_components()
     reserved = {"Input", "Output", "TrainingInput", "TrainingOutput", "PredictionRequest", "PredictionResponse",
                 "TrainingRequest", "TrainingResponse"}
     used: dict[str, Any] = {**components, **dict.fromkeys(reserved)}
@@ -557,12 +541,15 @@ def build_openapi(project_dir: str | Path, predict_ref: str | None, train_ref: s
         if not ref:
             continue
         inputs, output, enums = builder.analyze(ref, mode, in_key, used)
+        streaming = mode == "predict" and builder.is_streaming(ref)
         components[in_key] = inputs
-        components[out_key] = {**output, "title": out_key}
+        components[out_key] = {**output, "title": "Output"}  # Cog titles the training output "Output" too
         components.update(enums)
-        components.update(_request_response(prefix, in_key, out_key))
-        paths.update(_job_paths(mode == "train"))
-    paths["/shutdown"] = _simple("post", "Start Shutdown", "start_shutdown_shutdown_post",
+        components.update(request_response(prefix, in_key, out_key))
+        paths.update(job_paths(mode == "train"))
+        if streaming:  # `@cog.streaming`: the one mark that lets clients ask for server-sent events
+            paths["/predictions"]["post"]["x-cog-streaming"] = True
+    paths["/shutdown"] = simple("post", "Start Shutdown", "start_shutdown_shutdown_post",
                                  "Response Start Shutdown Shutdown Post")
     return {"openapi": "3.0.2", "info": {"title": "Cog", "version": "0.1.0"}, "paths": paths,
             "components": {"schemas": components}}

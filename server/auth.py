@@ -2,8 +2,9 @@
 
 API keys are `ck-<random>`; only their sha256 hash and a short display
 prefix are stored. `authenticate` caches lookups in-process for
-`cache_ttl` seconds (default 5): a revoked key keeps working for at most
-that long on *other* gateway processes (the revoking process drops it at once).
+`cache_ttl` seconds (the gateway's `auth_cache_ttl`, default 5): a revoked key
+keeps working for at most that long on *other* gateway processes; the revoking
+process drops it at once (this is the only key cache: the gateway asks `cached`).
 
 Provider secrets are Fernet-encrypted with the master key: $COGKIT_MASTER_KEY
 (a Fernet key: `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`),
@@ -111,7 +112,7 @@ def load_master_key(store: Store) -> bytes:
 def _check_fernet_key(key: bytes, where: str) -> None:
     try:
         Fernet(key)
-    except Exception:
+    except (ValueError, TypeError):   # what Fernet raises for a key of the wrong shape
         raise ValueError(f"{where} is not a Fernet key (32 url-safe base64-encoded bytes)") from None
 
 
@@ -193,6 +194,15 @@ class Auth:
         with self._lock:  # take effect here at once; other processes within cache_ttl
             self._cache = {h: v for h, v in self._cache.items() if not (v[1] and v[1].id == key_id)}
         return bool(found)
+
+    def cached(self, plaintext: str | None) -> KeyInfo | None:
+        """The key's info if this process validated it within cache_ttl; None otherwise (then ask
+        `authenticate`). No I/O: the event loop may call it."""
+        if not plaintext or not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
+            return None
+        with self._lock:
+            hit = self._cache.get(hash_key(plaintext))
+        return hit[1] if hit and hit[0] > time.monotonic() else None
 
     def authenticate(self, plaintext: str | None) -> KeyInfo | None:
         """The key's info, or None for an unknown or revoked key."""

@@ -88,6 +88,18 @@ class StreamsConfig(_Strict):
     flush_interval: float = 0.1             # seconds between batched writes to the store
     poll_interval: float = 0.1              # how often a replica without the stream looks for new events
     memory_retention: float = 30.0          # seconds a finished stream stays in memory (then: the store)
+    # Seconds a running stream's row may go without a heartbeat before its process is taken for dead and
+    # the stream is settled by another gateway on the store (server/recovery.py); heartbeats every lease/3.
+    lease: float = Field(10.0, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """What one request may carry; past these the gateway answers 413 naming the limit, before any
+    upstream sees the request. Defaults: what the big APIs accept (Anthropic: 32 MB per request)."""
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)   # a request body, as sent
+    max_json_depth: int = Field(64, ge=2)                  # nesting of a JSON body (a 400 past it)
+    max_name_chars: int = Field(256, ge=1)                 # names and ids: tenants, keys, secrets
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)    # one file input (a data: URL) to /ai/run
 
 
 class CacheConfig(_Strict):
@@ -114,8 +126,11 @@ class GatewayConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     streams: StreamsConfig = Field(default_factory=StreamsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    auth_cache_ttl: float = 30.0            # seconds a validated key is trusted without the store
+    # Seconds a validated key is trusted without the store: how long a key revoked on another replica
+    # may still work here (on the replica that revoked it, it stops at once).
+    auth_cache_ttl: float = Field(5.0, ge=0)
     default_tenant: str = "default"
     platform: PlatformConfig | None = None  # run pushed models' replicas (server/platform)
 

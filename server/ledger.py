@@ -20,16 +20,17 @@ import math
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 
 from sqlalchemy import case, delete, func, select, text, update
 
 from .auth import KeyInfo
+from .status import FINAL, OK, Status
 from .store import Store
 from .store.tables import credits, rate_counters, tenants, usage, utcnow
 
-STATUSES = ("ok", "error", "canceled", "partial")
+STATUSES = FINAL        # what a usage row may say (server/status.py)
 GROUPS = ("model", "provider", "key")
 METADATA_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MICROS = 1_000_000
@@ -65,7 +66,7 @@ class UsageRecord:
     cost: float = 0.0                     # USD
     latency_ms: float | None = None
     ttft_ms: float | None = None
-    status: str = "ok"                    # ok | error | canceled | partial
+    status: Status = OK                   # ok | error | partial | canceled
     failovers: int = 0
     attempted: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
@@ -76,6 +77,9 @@ class UsageRecord:
         data = asdict(self)
         data["created_at"] = self.created_at.isoformat()
         return data
+
+
+USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 
 @dataclass
@@ -295,7 +299,8 @@ class Ledger:
         for rec in recs:
             if rec.status not in STATUSES:
                 raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {rec.status!r}")
-            row = asdict(rec)
+            # A shallow copy (asdict deep-copies every value: a measurable cost per billed request).
+            row = {name: getattr(rec, name) for name in USAGE_FIELDS}
             row["attempted"] = list(rec.attempted or [])
             row["metadata"] = dict(rec.metadata or {})
             rows.append(row)

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any
 
+from server.status import CANCELED, OK
+
 LOGGER = "cogkit.gateway"
 SECRET_FIELDS = {"authorization", "x-api-key", "api_key", "api-key", "x-goog-api-key", "password", "secret", "key"}
 
@@ -48,6 +50,9 @@ def setup_logging(level: str = "INFO") -> logging.Logger:
 
 def log_call(logger: logging.Logger, call, log_prompts: bool = False, prompt: Any = None, output: Any = None) -> None:
     """One line per request: who, what model, who served, tokens, cost, timings, outcome."""
+    level = logging.WARNING if call.status not in (OK, CANCELED) else logging.INFO
+    if not logger.isEnabledFor(level):
+        return                 # the hot path at WARNING: no fields built for a line nobody writes
     fields = {
         "event": "request", "request_id": call.request_id, "endpoint": call.endpoint, "model": call.model,
         "tenant": call.tenant_id, "key_id": call.key_id, "provider": call.target.provider if call.target else None,
@@ -60,7 +65,6 @@ def log_call(logger: logging.Logger, call, log_prompts: bool = False, prompt: An
     }
     if log_prompts:
         fields["prompt"], fields["output"] = prompt, output
-    level = logging.WARNING if call.status not in ("ok", "cancelled") else logging.INFO
     logger.log(level, "request", extra={"fields": fields})
 
 

@@ -4,7 +4,9 @@ Before the first token, a connection error, a timeout, 408, 429 or 5xx moves on 
 next deployment (in priority order, or lowest recent latency first); any other 4xx is the
 caller's and goes straight back. A deployment that fails is put in cooldown (a circuit
 breaker: skipped until its cooldown ends, then one request re-probes it). After the first
-token nothing is retried: the caller turns the error into an in-band stream error.
+token nothing is retried: the caller turns the error into an in-band stream error, and the router
+still hears of it (UpstreamStream), so a deployment that breaks streams cools down too. Only this
+module reads or changes a deployment's health.
 """
 from __future__ import annotations
 
@@ -13,57 +15,21 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from server.call import Call
 from server.catalog import Catalog, Resolved, Target
 from server.config import CacheConfig, RoutingConfig
 from server.metrics import Metrics
 from server.providers import Provider, UpstreamError
+from server.providers.base import Op, StreamOp
+from server.redact import scrub
+
+__all__ = ["Call", "Health", "ResponseCache", "Router", "UpstreamStream"]   # Call: re-exported for old imports
 
 LATENCY_WEIGHT = 0.3   # EWMA weight of the newest latency sample
-
-
-@dataclass
-class Call:
-    """One client request, filled in as it goes; the ledger and the logs read it at the end."""
-    request_id: str
-    endpoint: str                          # "chat" | "completions" | "embeddings" | "messages" | "run"
-    model: str                             # the caller's model string
-    tenant_id: str = ""
-    key_id: str | None = None
-    metadata: dict = field(default_factory=dict)
-    stream: bool = False
-    started: float = field(default_factory=time.perf_counter)
-    resolved: Resolved | None = None
-    target: Target | None = None           # who served
-    attempted: list[str] = field(default_factory=list)
-    upstream_s: float = 0.0                # time spent waiting on upstreams (the rest is our overhead)
-    ttft_s: float | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    status: str = "ok"                     # ok | error | partial (failed after the first token) | cancelled
-    error: str | None = None
-    stream_id: str | None = None
-    cached: bool = False
-    reservation: Any = None
-    ended: float | None = None
-    overhead: float | None = None          # ms, measured when the response headers went out
-    extra_headers: dict = field(default_factory=dict)   # x-cogkit-* a provider adds (cold start)
-
-    def latency_s(self) -> float:
-        return (self.ended or time.perf_counter()) - self.started
-
-    @property
-    def failovers(self) -> int:
-        return max(0, len(self.attempted) - 1)
-
-    def cost(self) -> float:
-        return self.target.cost(self.input_tokens, self.output_tokens) if self.target else 0.0
-
-    def overhead_ms(self) -> float:
-        return max(0.0, (time.perf_counter() - self.started - self.upstream_s) * 1000)
 
 
 @dataclass
@@ -130,21 +96,28 @@ class Router:
         return {k: round(h.open_until - now, 1) for k, h in self.health.items() if h.open_until > now}
 
     # ---- calls ----
-    async def complete(self, call: Call, op: str, payload: dict) -> Any:
-        """A non-streamed call (`chat`, `completions`, `embeddings`, `run`) with failover."""
+    async def complete(self, call: Call, op: Op, payload: dict) -> Any:
+        """A non-streamed call (`chat`, `completions`, `embeddings`, `run`) with failover. A non-streamed
+        answer's first byte is the answer, so it must come within `ttft` like a stream's first token (else
+        the next deployment is tried); a platform prediction (`run`) is bounded by `total` instead."""
         async def attempt(provider: Provider, target: Target) -> Any:
-            return await getattr(provider, op)(self._payload(provider, call, payload, target), target.upstream_model,
-                                               provider.timeouts)
+            limit = provider.timeouts.total if op == "run" else provider.timeouts.ttft
+            try:
+                return await asyncio.wait_for(
+                    provider.complete(op, self._payload(provider, call, payload, target), target.upstream_model,
+                                      provider.timeouts), limit)
+            except TimeoutError:
+                raise UpstreamError(f"no answer from {target.provider} within {limit:g}s", None, "timeout") from None
         return await self._failover(call, attempt)
 
-    async def open_stream(self, call: Call, op: str, payload: dict) -> tuple[list, AsyncIterator]:
-        """Start a streamed call; returns once a deployment produced its first token: (items so far, the rest)."""
-        async def attempt(provider: Provider, target: Target) -> tuple[list, AsyncIterator]:
-            items = getattr(provider, op + "_stream")(self._payload(provider, call, payload, target),
-                                                      target.upstream_model, provider.timeouts)
+    async def open_stream(self, call: Call, op: StreamOp, payload: dict) -> UpstreamStream:
+        """Start a streamed call; returns once a deployment produced its first token."""
+        async def attempt(provider: Provider, target: Target) -> UpstreamStream:
+            items = provider.stream(op, self._payload(provider, call, payload, target), target.upstream_model,
+                                    provider.timeouts)
             try:
                 head = await asyncio.wait_for(_until_first_token(items), provider.timeouts.ttft)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await items.aclose()
                 raise UpstreamError(f"no first token from {target.provider} within {provider.timeouts.ttft:g}s",
                                     None, "timeout") from None
@@ -152,10 +125,11 @@ class Router:
                 await items.aclose()
                 raise
             call.ttft_s = time.perf_counter() - call.started
-            return head, items
-        return await self._failover(call, attempt)
+            return UpstreamStream(self, target, head, items)
+        result: UpstreamStream = await self._failover(call, attempt)
+        return result
 
-    async def _failover(self, call: Call, attempt) -> Any:
+    async def _failover(self, call: Call, attempt: Callable[[Provider, Target], Awaitable[Any]]) -> Any:
         resolved = call.resolved
         assert resolved is not None
         fallback_used = False
@@ -174,6 +148,7 @@ class Router:
             try:
                 result = await attempt(provider, target)
             except UpstreamError as e:
+                scrub(e, provider.secrets())   # an upstream may quote the key it was given
                 call.upstream_s += time.perf_counter() - t0
                 self.failed(target, e)
                 last = e
@@ -209,6 +184,30 @@ class Router:
         return payload
 
 
+class UpstreamStream:
+    """A streamed answer past its first token: `head` (the items so far), then `rest()`. A failure
+    from here on is never retried, but it counts against the deployment, as a failure before the
+    first token does: an upstream error as it happens, a timeout the stream buffer saw by `broke`."""
+
+    def __init__(self, router: Router, target: Target, head: list, items: AsyncGenerator[Any, None]) -> None:
+        self.router, self.target, self.head, self._items = router, target, head, items
+
+    async def rest(self) -> AsyncIterator[Any]:
+        try:
+            async for item in self._items:
+                yield item
+        except UpstreamError as e:
+            scrub(e, self.router.providers[self.target.provider].secrets())
+            self.broke(e.message)
+            raise
+
+    def broke(self, reason: str) -> None:
+        self.router.failed(self.target, UpstreamError(reason, None, "stream"))
+
+    async def aclose(self) -> None:
+        await self._items.aclose()
+
+
 def _is_token(item: Any) -> bool:
     if isinstance(item, tuple):        # platform events: anything the model said
         return True
@@ -222,7 +221,7 @@ def _is_token(item: Any) -> bool:
     return False
 
 
-async def _until_first_token(items: AsyncIterator) -> list:
+async def _until_first_token(items: AsyncIterator[Any]) -> list:
     """Items up to and including the first real token (a role-only opening chunk is not one)."""
     head = []
     async for item in items:

@@ -21,50 +21,14 @@ from server.config import StreamsConfig, Timeouts
 from server.logs import log_event
 from server.metrics import Metrics
 from server.providers import UpstreamError
+from server.relays import Event, Relay
+from server.router import UpstreamStream
+from server.status import CANCELED, ERROR, OK, PARTIAL, RUNNING, Status
 from server.translate.sse import encode_sse
 
+__all__ = ["Buffer", "Event", "Relay", "Streams"]   # Event, Relay: re-exported for old imports
+
 CANCEL_CHECK_INTERVAL = 1.0            # seconds between checks for DELETEs made on other replicas
-Event = tuple[str | None, Any]          # (SSE event name or None, data dict or str)
-
-
-class Relay:
-    """Turns upstream items into client-format events; counts usage as it goes."""
-    format = "openai"
-
-    def __init__(self) -> None:
-        self.usage: dict | None = None
-        self.chars = 0                  # streamed text, for counting tokens when the upstream sends no usage
-
-    def observe(self, chunk: dict) -> None:
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta")
-            if delta:
-                self.chars += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
-                for call in delta.get("tool_calls") or ():
-                    fn = call.get("function") or {}
-                    self.chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
-            elif choice.get("text"):
-                self.chars += len(choice["text"])
-
-    def start(self) -> list[Event]:
-        """Events before the upstream's first item (none, but for /ai/run's `start`)."""
-        return []
-
-    def tag(self, event: str | None, data: Any, stream_id: str) -> Any:
-        """The stream's first event, carrying its id in a field the format's clients keep: by default
-        a top-level "cogkit_stream_id" in a JSON object (OpenAI SDKs keep unknown fields)."""
-        return {**data, "cogkit_stream_id": stream_id} if isinstance(data, dict) else data
-
-    def events(self, item: Any) -> list[Event]:
-        raise NotImplementedError
-
-    def end(self) -> list[Event]:
-        raise NotImplementedError
-
-    def fail(self, message: str, kind: str) -> list[Event]:
-        raise NotImplementedError
 
 
 class Buffer:
@@ -73,7 +37,7 @@ class Buffer:
         self.events: list[bytes] = []
         self.size = 0
         self.done = False
-        self.status = "running"
+        self.status: Status = RUNNING
         self.flushed = 0                # events already written to the store
         self.created = False            # its row exists in the store
         self.stored_final = False
@@ -84,14 +48,16 @@ class Buffer:
         self.timed_out: str | None = None
         self.task: asyncio.Task | None = None
         self.tag: Callable[[str | None, Any, str], Any] | None = None   # the relay's: marks the first event
+        self.data_only = False          # `data:` lines only: no id, no comment (the relay's choice)
+        self.meta: dict[str, Any] = {}  # stored with the row: what settling it after a crash needs (recovery.py)
         self._changed = asyncio.get_running_loop().create_future()
 
     def append(self, event: str | None, data: Any) -> None:
         index = len(self.events)
         if index == 0 and self.tag is not None:   # the stream id travels in the first event
             data = self.tag(event, data, self.id)
-        raw = encode_sse(data, event, str(index))
-        if index == 0:   # and as a comment, for clients that only read raw lines
+        raw = encode_sse(data, event, None if self.data_only else str(index))
+        if index == 0 and not self.data_only:   # and as a comment, for clients that only read raw lines
             raw = f": stream {self.id}\n".encode() + raw
         self.events.append(raw)
         self.size += len(raw)
@@ -116,6 +82,7 @@ class Streams:
         self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
         self._tasks: list[asyncio.Task] = []
         self._cancel_checked = 0.0
+        self._heartbeat = 0.0
 
     # ---- lifecycle ----
     def start_background(self) -> None:
@@ -138,48 +105,61 @@ class Streams:
             self.log.exception("final stream flush failed")
 
     # ---- producing ----
-    def start(self, tenant_id: str, t: Timeouts, relay: Relay, head: list, rest: AsyncIterator,
-              on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> Buffer:
+    def start(self, tenant_id: str, t: Timeouts, relay: Relay, upstream: UpstreamStream,
+              on_done: Callable[[Status, str | None], Awaitable[None]],
+              meta: dict[str, Any] | None = None) -> Buffer:
         buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
         buf.tag = relay.tag
+        buf.meta = meta or {}
+        buf.data_only = relay.data_only
         self.live[buf.id] = self.pending[buf.id] = buf
-        buf.task = asyncio.create_task(self._pump(buf, relay, head, rest, on_done))
+        buf.task = asyncio.create_task(self._pump(buf, relay, upstream, on_done))
         return buf
 
-    async def _pump(self, buf: Buffer, relay: Relay, head: list, rest: AsyncIterator,
-                    on_done: Callable[[str, str | None, Relay], Awaitable[None]]) -> None:
+    async def _pump(self, buf: Buffer, relay: Relay, upstream: UpstreamStream,
+                    on_done: Callable[[Status, str | None], Awaitable[None]]) -> None:
         self.metrics.streams_active.inc()
-        status, error = "ok", None
+        status: Status = OK
+        error: str | None = None
         try:
             self._add(buf, relay.start())
-            for item in head:
+            for item in upstream.head:
                 self._add(buf, relay.events(item))
-            async for item in rest:
+            async for item in upstream.rest():
                 self._add(buf, relay.events(item))
             self._add(buf, relay.end())
         except UpstreamError as e:       # after the first token: never a silent truncation
-            status, error = "partial", e.message
+            status, error = PARTIAL, e.message
             self._add(buf, relay.fail(e.message, e.kind), check=False)
         except _TooBig as e:
-            status, error = "partial", str(e)
+            status, error = PARTIAL, str(e)
             self._add(buf, relay.fail(str(e), "size"), check=False)
         except asyncio.CancelledError:   # the watchdog (a timeout), DELETE, or shutdown
-            status = "partial" if buf.timed_out else "cancelled"
-            error = buf.timed_out or "stream cancelled"
-            self._add(buf, relay.fail(error, "timeout" if buf.timed_out else "cancelled"), check=False)
+            if buf.timed_out:
+                upstream.broke(buf.timed_out)     # the deployment's fault: its health hears of it
+            status = PARTIAL if buf.timed_out else CANCELED
+            error = buf.timed_out or "stream canceled"
+            self._add(buf, relay.fail(error, "timeout" if buf.timed_out else CANCELED), check=False)
         except Exception as e:  # noqa: BLE001 - a bug must still close the client's stream and bill
-            status, error = "error", f"internal error: {type(e).__name__}"
+            status, error = ERROR, f"internal error: {type(e).__name__}"
             self.log.exception("stream pump failed", extra={"fields": {"stream_id": buf.id}})
             self._add(buf, relay.fail("internal gateway error", "internal"), check=False)
         finally:
             try:
-                await rest.aclose()
+                await upstream.aclose()
             except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing a broken upstream
                 pass
             buf.done, buf.status, buf.finished_at = True, status, time.monotonic()
             buf._wake()
             self.metrics.streams_active.dec()
-        await on_done(status, error, relay)
+        await on_done(status, error)
+
+    async def persist(self, buf: Buffer) -> None:
+        """Write the stream's row (and its events so far) now rather than at the next flush: a stream
+        holding credit must be in the store before its client sees a byte, so that a crash of this
+        process can be settled (server/recovery.py)."""
+        if self.repo is not None and not buf.created:
+            await self._write_call(self._write, [(buf, buf.flushed, len(buf.events), False)])
 
     def _add(self, buf: Buffer, events: list[Event], check: bool = True) -> None:
         for event, data in events:
@@ -231,7 +211,12 @@ class Streams:
                 i += len(events)
                 last_new = time.monotonic()
                 yield b"".join(events)
-            if info is None or info.status != "running":   # read after get: nothing can be missing
+            if info is None or info.status != RUNNING:   # read after get: nothing can be missing
+                survived = (info.meta or {}).get("survived") if info is not None else None
+                if isinstance(survived, int) and start > survived and i == start:
+                    # Settled after a crash, and this client had more than survived: it gets the
+                    # in-band ending, which says how many events survived (server/recovery.py).
+                    yield b"".join(await asyncio.to_thread(self.repo.read, id, survived))
                 return
             if time.monotonic() - last_new > max_wait:     # its owner died without finishing it
                 return
@@ -249,7 +234,7 @@ class Streams:
             return False
         # Pumped by another replica: mark it (if still running); that replica sees the mark and
         # stops its upstream.
-        await self._write_call(self.repo.finish, id, "cancelled", True)
+        await self._write_call(self.repo.finish, id, CANCELED, True)
         return True
 
     # ---- background work ----
@@ -270,9 +255,9 @@ class Streams:
                 del self.pending[id]
             return
         try:
-            await self._stop_cancelled_elsewhere()
+            await self._stop_canceled_elsewhere()
         except Exception:  # noqa: BLE001 - checked again next time; the flush goes on
-            self.log.exception("checking for streams cancelled elsewhere failed")
+            self.log.exception("checking for streams canceled elsewhere failed")
         batch = []
         for buf in list(self.pending.values()):
             n = len(buf.events)
@@ -284,8 +269,20 @@ class Streams:
             for buf, _start, _end, final in batch:
                 if final and buf.stored_final:
                     self.pending.pop(buf.id, None)
+        await self._beat({buf.id for buf, _s, _e, _f in batch})
 
-    async def _stop_cancelled_elsewhere(self) -> None:
+    async def _beat(self, just_written: set[str]) -> None:
+        """The heartbeat of this process's running streams (every lease / 3): a row left untouched for
+        `lease` is taken for a dead process's, and settled by another gateway (server/recovery.py)."""
+        now = time.monotonic()
+        if now - self._heartbeat < self.cfg.lease / 3:
+            return
+        self._heartbeat = now
+        running = [b.id for b in self.pending.values() if b.created and not b.done and b.id not in just_written]
+        if running:
+            await self._write_call(self.repo.touch, running)
+
+    async def _stop_canceled_elsewhere(self) -> None:
         """A DELETE that reached another replica marks the stream in the store; the replica
         that pumps it checks its running streams in one query, about once a second."""
         now = time.monotonic()
@@ -294,16 +291,16 @@ class Streams:
         self._cancel_checked = now
         running = [b.id for b in self.pending.values() if b.created and not b.done and b.task]
         loop = asyncio.get_running_loop()
-        for id in await loop.run_in_executor(None, self.repo.cancelled, running) if running else ():
+        for id in await loop.run_in_executor(None, self.repo.canceled, running) if running else ():
             buf = self.live.get(id)
             if buf is not None and buf.task and not buf.done:
-                log_event(self.log, "stream cancelled by another replica", stream_id=id)
+                log_event(self.log, "stream canceled by another replica", stream_id=id)
                 buf.task.cancel()
 
     def _write(self, batch: list[tuple[Buffer, int, int, bool]]) -> None:
         """Runs in the writer thread: every stream with something new, in one transaction
         (a failed one is done again next pass: the writes are idempotent)."""
-        self.repo.save_many([(b.id, b.tenant_id, b.format, {}) for b, _s, _e, _f in batch if not b.created],
+        self.repo.save_many([(b.id, b.tenant_id, b.format, b.meta) for b, _s, _e, _f in batch if not b.created],
                             [(b.id, i, b.events[i]) for b, start, end, _f in batch for i in range(start, end)],
                             [(b.id, b.status) for b, _s, _e, final in batch if final])
         for buf, _start, end, final in batch:

@@ -1,9 +1,12 @@
-"""Shared fixtures: real servers on 127.0.0.1, real child processes."""
+"""Shared fixtures: real servers on 127.0.0.1, real child processes.
+
+Every fixture a test module uses comes from here (or is registered here), so test modules import no
+fixtures: `pg_url`/`store_url`/`store` (tests/pg.py, one PostgreSQL per run), `fakes`/`gateway`
+(tests/gateway_harness.py), and one `free_port()`."""
 from __future__ import annotations
 
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,14 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Imported here, these are fixtures of every test module (which then import none themselves).
+from tests.gateway_harness import fakes, gateway  # noqa: F401
+from tests.net import free_port
+from tests.pg import pg_url, store, store_url  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "models"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -138,3 +142,20 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The Cog suite's skips, grouped by reason: the list is meant to stay short."""
+    skips: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if "test_cog_suite" not in report.nodeid or not isinstance(report.longrepr, tuple):
+            continue
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        skips.setdefault(reason, []).append(report.nodeid.split("[", 1)[-1].rstrip("]"))
+    if not skips:
+        return
+    total = sum(len(names) for names in skips.values())
+    terminalreporter.section(f"Cog suite: {total} skipped, by reason")
+    for reason, names in sorted(skips.items(), key=lambda kv: -len(kv[1])):
+        terminalreporter.write_line(f"{len(names):3d}  {reason}")
+        terminalreporter.write_line(f"       {', '.join(sorted(names))}")

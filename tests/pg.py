@@ -1,5 +1,4 @@
-"""A real PostgreSQL for tests: `from pg import pg_url` in a test module gives it
-the fixture `pg_url`, a fresh, empty database per test module
+"""A real PostgreSQL for tests. conftest.py registers the fixture `pg_url`: a fresh, empty database per test module
 ("postgresql+psycopg://..."), dropped afterwards.
 
 Which server:
@@ -19,7 +18,6 @@ import atexit
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,7 +26,11 @@ from pathlib import Path
 
 import pytest
 
-_server: str | None = None   # "postgresql://user@host:port" with no database
+from tests.net import free_port
+
+# "postgresql://user@host:port" with no database: one server per test run. That holds because this
+# module is imported under one name only (tests.pg, through conftest.py), never also as `pg`.
+_server: str | None = None
 
 
 def _connectable(url: str) -> bool:
@@ -37,7 +39,7 @@ def _connectable(url: str) -> bool:
         with psycopg.connect(url, connect_timeout=2) as conn:
             conn.execute("SELECT 1")
         return True
-    except Exception:
+    except psycopg.Error:
         return False
 
 
@@ -48,12 +50,6 @@ def _bin_dir() -> Path:
         pytest.fail("PostgreSQL is not installed; these tests need a real one: "
                     "apt-get install postgresql (scripts/install does it)", pytrace=False)
     return Path(initdb).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_private_cluster() -> str:
@@ -73,7 +69,7 @@ def _start_private_cluster() -> str:
 
     run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
     for attempt in range(3):  # the free port may be taken between choosing and binding
-        port = _free_port()
+        port = free_port()
         options = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
         try:

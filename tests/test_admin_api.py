@@ -2,7 +2,6 @@
 against real uvicorn servers over a real SQLite file and a real PostgreSQL."""
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -14,7 +13,6 @@ import pytest
 import uvicorn
 from cryptography.fernet import Fernet
 from fastapi import Depends, FastAPI, Request
-from pg import pg_url  # noqa: F401  (fixture)
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -25,6 +23,7 @@ from server.auth import Auth, KeyInfo
 from server.ledger import Ledger, UsageRecord
 from server.store import Store
 from server.store.tables import api_keys, provider_secrets
+from tests.net import free_port
 
 
 def make_app(store_url: str, master_key: bytes) -> FastAPI:
@@ -54,9 +53,7 @@ def make_app(store_url: str, master_key: bytes) -> FastAPI:
 
 class Server:
     def __init__(self, app: FastAPI) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))

@@ -3,7 +3,6 @@ PostgreSQL and a real Redis, including several engines/processes sharing them.""
 from __future__ import annotations
 
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -16,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from pg import pg_url, store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import select, text
 
 from server.auth import Auth, AuthError, Conflict, hash_key
 from server.ledger import InsufficientCredits, Ledger, RateLimited, UsageRecord
 from server.store import Store
 from server.store.tables import api_keys, provider_secrets
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +40,7 @@ def redis_url():
     binary = shutil.which("redis-server")
     if not binary:
         pytest.fail("redis-server is not installed: apt-get install redis-server", pytrace=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="cogkit-redis-")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", workdir], stdout=subprocess.DEVNULL)
@@ -226,7 +223,12 @@ def test_concurrent_reservations_never_overdraw(auth: Auth, store_url: str) -> N
         ledger.store.close()
 
 
-# -- rate limits --------------------------------------------------------------------
+# -- rate limits: on the ledger's injectable clock, never waiting for a real window ------------
+# A window start of its own per test run: the counters of earlier runs (Redis keeps them two
+# windows, the store until purged) are never in it.
+WINDOW_START = (int(time.time()) // 60 + 10_000 + uuid.uuid4().int % 10_000) * 60
+
+
 class Clock:
     def __init__(self, now: float) -> None:
         self.now = now
@@ -259,9 +261,8 @@ def test_rate_limits_rpm_tpm_and_windows(auth: Auth, store: Store) -> None:
 
 def _rate_limit_holds_under_threads(store_url: str, auth: Auth, redis_url: str | None) -> None:
     info, _ = auth.create_key(tenant(auth), rpm=10)
-    ledgers = [Ledger(Store(store_url), redis_url) for _ in range(2)]
-    if int(time.time()) % 60 > 55:                          # don't straddle a window boundary
-        time.sleep(61 - time.time() % 60)
+    clock = Clock(WINDOW_START + 10)                        # one window for the whole test: no waiting
+    ledgers = [Ledger(Store(store_url), redis_url, clock=clock) for _ in range(2)]
     passed, limited = [], []
 
     def hit(i: int) -> None:
@@ -274,7 +275,7 @@ def _rate_limit_holds_under_threads(store_url: str, auth: Auth, redis_url: str |
     threads = [threading.Thread(target=hit, args=(i,)) for i in range(30)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert len(passed) == 10 and len(limited) == 20 and all(1 <= r <= 60 for r in limited)
+    assert len(passed) == 10 and len(limited) == 20 and all(r == 50 for r in limited)
     for ledger in ledgers:
         ledger.store.close()
 
@@ -289,8 +290,7 @@ def test_rate_limit_in_redis(auth: Auth, store_url: str, redis_url: str) -> None
 
 def test_rate_limit_across_processes(auth: Auth, store_url: str) -> None:
     info, _ = auth.create_key(tenant(auth), rpm=5)
-    if int(time.time()) % 60 > 50:
-        time.sleep(61 - time.time() % 60)
+    now = WINDOW_START + 30                                 # every process on the same clock, one window
     script = (
         "import sys\n"
         "from server.auth import KeyInfo\n"
@@ -299,13 +299,13 @@ def test_rate_limit_across_processes(auth: Auth, store_url: str) -> None:
         f"key = KeyInfo(id={info.id!r}, tenant_id={info.tenant_id!r}, admin=False, rpm=5, tpm=None, name='')\n"
         "ok = 0\n"
         "for _ in range(4):\n"
-        "    Ledger(Store(sys.argv[1])).check_rate(key); ok += 1\n"
+        "    Ledger(Store(sys.argv[1]), clock=lambda: float(sys.argv[2])).check_rate(key); ok += 1\n"
         "print(ok)\n")
-    out = subprocess.run([sys.executable, "-c", script, store_url], capture_output=True, text=True, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", script, store_url, str(now)], capture_output=True, text=True, cwd=ROOT,
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4"
-    ledger = Ledger(Store(store_url))
+    ledger = Ledger(Store(store_url), clock=Clock(now))
     ledger.check_rate(info)                                 # the 5th
     with pytest.raises(RateLimited):
         ledger.check_rate(info)

@@ -19,12 +19,13 @@ from pathlib import Path
 import docker.errors
 import httpx
 import pytest
+from conftest import free_port
 
-from cogkit.build import builder, dockerfile as df, registry
+from cogkit.build import builder, registry
+from cogkit.build import dockerfile as df
 from cogkit.build.cuda import CudaError, choose
 from cogkit.config import load_config
 from cogkit.schema import build_openapi
-from conftest import free_port
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"

@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from conftest import EXAMPLES
+from PIL import Image
 
 COGKIT = [sys.executable, "-m", "cogkit.cli"]
 

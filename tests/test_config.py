@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from cogkit.config import BuildConfig, Config, ConfigError, load_config, parse_config, split_ref
+from cogkit.config import SDK_REQUIREMENTS, BuildConfig, Config, ConfigError, load_config, parse_config, split_ref
 
 
 @pytest.fixture
@@ -71,6 +71,7 @@ def test_full_valid_config(project):
         python_version="3.11", python_packages=["torch==2.1.0", "pillow", "numpy"],
         python_requirements="requirements.txt", system_packages=["ffmpeg"], gpu=True, cuda="12.1",
         run=["echo hello", "pip install flash-attn"],
+        run_mounts=[[], [{"type": "secret", "id": "token", "target": "/token"}]],
     )
     assert cfg.predict == "predict.py:Predictor"
     assert cfg.train == "train.py:train"
@@ -84,18 +85,18 @@ def test_defaults_and_build_only_project(project):
     cfg = parse(project, "build:\n  python_version: '3.10'\n")
     assert cfg.predict is None and cfg.train is None and cfg.image is None
     assert cfg.build.python_version == "3.10" and cfg.build.gpu is False and cfg.build.cuda is None
-    assert cfg.concurrency_max == 1 and cfg.environment == {} and cfg.requirements() == []
+    assert cfg.concurrency_max == 1 and cfg.environment == {} and cfg.requirements() == list(SDK_REQUIREMENTS)
     assert parse(project, "").build == BuildConfig()
     assert parse(project, "build:\n  python_packages:\n").build.python_packages == []
 
 
 @pytest.mark.parametrize("written,expected", [("3.11", "3.11"), ("'3.11'", "3.11"), ("3.10", "3.10"),
-                                              ("3.12.1", "3.12"), ("3.8", "3.8")])
+                                              ("3.12.1", "3.12"), ("3.13", "3.13")])
 def test_python_version_forms(project, written, expected):
     assert parse(project, f"build:\n  python_version: {written}\n").build.python_version == expected
 
 
-@pytest.mark.parametrize("written", ["3.7", "2.7", "banana", "3", "[3.11]", "true"])
+@pytest.mark.parametrize("written", ["3.9", "3.7", "2.7", "banana", "3", "[3.11]", "true"])
 def test_python_version_rejected(project, written):
     err = error(project, f"build:\n  gpu: false\n  python_version: {written}\n")
     assert err.key == "build.python_version" and err.line == 3
@@ -238,3 +239,20 @@ def test_requirements_file(project):
 def test_requirements_file_must_exist(project):
     err = error(project, "build:\n  gpu: false\n  python_requirements: requirements.txt\n")
     assert (err.key, err.line) == ("build.python_requirements", 3) and "requirements.txt" in str(err)
+
+
+def test_sdk_requirements_join_unless_pinned(project):
+    cfg = parse(project, "build:\n  python_packages: ['PyYAML==6.0.1', 'typing-extensions']\n")
+    assert cfg.requirements() == ["PyYAML==6.0.1", "typing-extensions", "requests>=2", "structlog>=24"]
+
+
+def test_deprecated_fields_are_warned_as_cog_words_them(project):
+    (project / "predict.py").write_text("")
+    cfg = parse(project, "build:\n  python_packages: [x]\npredict: predict.py:Predictor\n")
+    assert cfg.warnings == ['deprecated field "predict": use "run" instead',
+                            'deprecated field "build.python_packages": use "build.python_requirements" instead']
+
+
+def test_python_below_3_10_is_rejected_as_cog_rejects_it(project):
+    err = error(project, "build:\n  python_version: '3.9'\n")
+    assert 'invalid build.python_version "3.9": minimum supported Python version is 3.10' in str(err)

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.test_gateway_harness import fakes, gateway, provider  # noqa: F401 - fixtures
+from tests.gateway_harness import provider
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},

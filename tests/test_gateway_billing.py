@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.conftest import EXAMPLES
-from tests.test_gateway_harness import fakes, gateway, provider  # noqa: F401 - fixtures
+from tests.gateway_harness import provider
 
 MSG = [{"role": "user", "content": "count these five words"}]
 

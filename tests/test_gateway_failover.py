@@ -7,7 +7,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.test_gateway_harness import fakes, gateway, provider  # noqa: F401 - fixtures
+from tests.gateway_harness import provider
 
 MSG = [{"role": "user", "content": "tell me something"}]
 
@@ -96,6 +96,16 @@ def test_slow_first_token_fails_over_within_the_ttft_timeout(pair):
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert time.monotonic() - started < 3
     assert text == "Echo: tell me something"
+    assert _served(raw) == ("backup", "primary,backup")
+
+
+def test_a_slow_non_streamed_answer_fails_over_within_the_ttft_timeout(pair):
+    g = pair(timeouts={"ttft": 0.5})
+    g.primary.set_fault("slow_first_token", delay=3)
+    started = time.monotonic()
+    raw = g.openai(g.admin_key).chat.completions.with_raw_response.create(model="m", messages=MSG)
+    assert time.monotonic() - started < 2.5
+    assert raw.parse().choices[0].message.content == "Echo: tell me something"
     assert _served(raw) == ("backup", "primary,backup")
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.pg import pg_url  # noqa: F401 - fixture
-from tests.test_gateway_harness import fakes, gateway  # noqa: F401 - fixtures
-from tests.test_gateway_streams import chat_body, read_events, slow  # noqa: F401 - fixture
+from tests.test_gateway_streams import chat_body, read_events, slow  # noqa: F401 - `slow` is a fixture
 
 
 def test_delete_on_another_replica_stops_the_owners_upstream(slow, pg_url):

@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 import cogkit
-from tests.pg import pg_url  # noqa: F401 - fixture
-from tests.test_gateway_harness import fakes, gateway, provider  # noqa: F401 - fixtures
+from tests.gateway_harness import provider
 
 LONG = " ".join(f"w{i}" for i in range(30))     # 30 words -> a ~32-event stream
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import docker.errors
 import httpx
 import pytest
+from conftest import EXAMPLES, free_port
 from PIL import Image
+from test_build import auth_registry  # noqa: F401 - fixture
 
 from cogkit.build import builder, container, registry
 from cogkit.runtime.files import decode_data_uri
-from conftest import EXAMPLES, free_port
-from test_build import auth_registry  # noqa: F401 - fixture
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
@@ -375,11 +375,10 @@ def test_cli_engine_unreachable_is_one_clear_line(tmp_path: Path) -> None:
         assert "cannot reach a Docker engine" in line and "docker-services.sh" in line, (args, line)
 
 
-@pytest.mark.parametrize("command", ["run", "serve"])
+@pytest.mark.parametrize("command", ["serve"])
 def test_cli_runs_an_image_until_interrupted(command: str, engine, images, tmp_path: Path) -> None:
     port = free_port()
-    args = ["run", images["hello-world"], "--port", str(port)] if command == "run" else \
-        ["serve", "--image", images["hello-world"], "--port", str(port)]
+    args = ["serve", "--image", images["hello-world"], "--port", str(port)]
     proc = subprocess.Popen([*COGKIT, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline, health = time.monotonic() + 120, {}
@@ -392,7 +391,7 @@ def test_cli_runs_an_image_until_interrupted(command: str, engine, images, tmp_p
         response = httpx.post(f"http://127.0.0.1:{port}/predictions", json={"input": {"name": command}}, timeout=60)
         assert response.json()["output"] == f"hello {command}"
         # Another on the same port is refused clearly.
-        line = one_error_line(cogkit("run", images["hello-world"], "--port", str(port), cwd=tmp_path))
+        line = one_error_line(cogkit("serve", "--image", images["hello-world"], "--port", str(port), cwd=tmp_path))
         assert f"port {port} on 127.0.0.1 is already in use" in line
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = proc.communicate(timeout=60)

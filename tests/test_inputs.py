@@ -22,9 +22,9 @@ class Predictor(BasePredictor):
         image: Optional[Path] = None,
         images: list[Path] = [],
         tags: list[str] = ["a"],
-        weights: list[float] = None,
+        weights: Optional[list[float]] = None,
         extra: dict = {},
-        anything: Any = None,
+        anything: Optional[Any] = None,
         token: Secret = None,
         api_key: Secret = Input(default=Secret("s3cret")),
         seed: Optional[int] = None,
@@ -64,7 +64,7 @@ def test_valid_values_pass_through(doc):
     payload = {"prompt": "x", "steps": 1, "scale": 3, "fast": True, "name": "ab", "scheduler": "K_EULER",
                "size": 768, "image": "https://example.com/a.png", "images": ["data:image/png;base64,AAAA"],
                "tags": [], "weights": [1, 0.5], "extra": {"k": [1]}, "anything": [1, "x"], "token": "t",
-               "api_key": "k", "seed": None}
+               "api_key": "k", "seed": 7}
     assert validate_input(doc, payload) == payload
 
 
@@ -119,10 +119,23 @@ def test_choices(doc):
     assert errors(doc, {"prompt": "x", "size": "512"})[("size",)]["msg"] == "expected integer, got string"
 
 
-def test_nullable(doc):
-    assert validate_input(doc, {"prompt": "x", "seed": None, "image": None})["seed"] is None
-    assert errors(doc, {"prompt": None})[("prompt",)]["msg"] == "none is not an allowed value"
+def test_explicit_null_is_rejected_even_when_optional(doc):
+    # Cog 0.23 answers 422 to an explicit null, Optional or not: leaving the field out gives None.
+    assert validate_input(doc, {"prompt": "x"})["seed"] is None
+    errs = errors(doc, {"prompt": "x", "seed": None, "image": None})
+    assert set(errs) == {("seed",), ("image",)}
+    assert errs[("seed",)]["msg"].startswith("must not be null")
     assert errors(doc, {"prompt": "x", "steps": None})[("steps",)]["type"] == "type_error.none.not_allowed"
+    assert validate_input(doc, {"prompt": "x", "anything": None})["anything"] is None  # untyped: anything goes
+
+
+def test_undeclared_fields_ignored_when_asked(doc):
+    from cogkit.inputs import undeclared_fields
+    payload = {"prompt": "x", "bogus": 1}
+    assert ("bogus",) in errors(doc, payload)  # the CLI's way: rejected
+    assert validate_input(doc, payload, ignore_undeclared=True)["prompt"] == "x"  # HTTP's way, as Cog's server
+    assert "bogus" not in validate_input(doc, payload, ignore_undeclared=True)
+    assert undeclared_fields(doc, payload) == ["bogus"]
 
 
 def test_arrays(doc):
@@ -193,3 +206,18 @@ def test_parse_cli_errors(doc):
         with pytest.raises(InputValidationError, match=msg) as e:
             parse_cli_value(doc, name, raw)
         assert e.value.errors[0]["loc"] == ["body", "input", name]
+
+
+def test_union_inputs_take_the_first_variant_that_fits(tmp_path):
+    (tmp_path / "predict.py").write_text(textwrap.dedent("""
+        from cog import BasePredictor
+        class Predictor(BasePredictor):
+            def predict(self, nums: list[int] | list[float], value: str | float) -> str: ...
+    """))
+    doc = build_openapi(tmp_path, "predict.py:Predictor")
+    assert validate_input(doc, {"nums": [1], "value": 2.5}) == {"nums": [1], "value": 2.5}
+    assert validate_input(doc, {"nums": [1.5], "value": "x"})["nums"] == [1.5]
+    assert validate_input(doc, {"nums": [], "value": "x"})["nums"] == []
+    for bad in (["3"], [True], 1):
+        errs = errors(doc, {"nums": bad, "value": "x"})
+        assert errs[("nums",)]["type"] == "type_error.union", bad

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
-from PIL import Image
-
 from conftest import EXAMPLES
+from PIL import Image
 
 
 def write_project(root: Path, predict_py: str, yaml_extra: str = "", predict_ref: str = "predict.py:Predictor") -> Path:
@@ -83,12 +82,41 @@ def test_invalid_input_gets_422_naming_each_field(serve_project):
     r = server.client.post("/predictions", json={"input": {"prompt": "", "max_tokens": 0, "bogus": 1}})
     assert r.status_code == 422
     fields = {tuple(e["loc"])[-1] for e in r.json()["detail"]}
-    assert fields == {"prompt", "max_tokens", "bogus"}
+    assert fields == {"prompt", "max_tokens"}  # an undeclared field is no error over HTTP, as in Cog
     assert server.client.post("/predictions", json={"input": {"max_tokens": "many"}}).status_code == 422
     r = server.client.post("/predictions", content=b"not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
     r = server.client.post("/predictions", json={"input": {"prompt": "x"}, "webhook_events_filter": ["nope"]})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "webhook_events_filter"]
+
+
+def test_undeclared_input_fields_are_ignored_and_named_in_the_logs(serve_project):
+    server = serve_project(EXAMPLES / "hello-world")
+    r = server.client.post("/predictions", json={"input": {"name": "x", "bogus": 1, "other": "y"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["output"] == "hello x" and body["input"] == {"name": "x"}
+    assert "Ignored input fields the model does not declare: bogus, other" in body["logs"]
+
+
+def test_sse_needs_cog_streaming_and_schema_waits_for_setup(serve_project, tmp_path):
+    # hello-world's predict() is not marked @cog.streaming: Cog answers 406 saying how to enable it.
+    server = serve_project(EXAMPLES / "hello-world")
+    r = server.client.post("/predictions", json={"input": {}}, headers={"accept": "text/event-stream"})
+    assert r.status_code == 406 and "@cog.streaming" in r.json()["error"]
+    assert server.client.get("/openapi.json").status_code == 200
+    broken = write_project(tmp_path / "broken", """
+        from cog import BasePredictor
+        class Predictor(BasePredictor):
+            def setup(self):
+                raise RuntimeError("weights missing")
+            def predict(self) -> str:
+                return "never"
+    """)
+    server = serve_project(broken, wait=False)
+    server.wait("SETUP_FAILED")
+    r = server.client.get("/openapi.json")
+    assert r.status_code == 503 and r.json() == {"error": "OpenAPI schema not available"}
 
 
 def test_streaming_output_over_sse(serve_project):
@@ -97,8 +125,10 @@ def test_streaming_output_over_sse(serve_project):
                               headers={"accept": "text/event-stream"}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
+    # Cog's events and payloads: start first, each output as {chunk, index}, then completed.
+    assert events[0][0] == "start" and events[0][1]["status"] == "processing"
     outputs = [d for e, d in events if e == "output"]
-    assert outputs == ["one", " two", " three"]
+    assert outputs == [{"chunk": "one", "index": 0}, {"chunk": " two", "index": 1}, {"chunk": " three", "index": 2}]
     kind, final = events[-1]
     assert kind == "completed" and final["status"] == "succeeded"
     assert final["output"] == ["one", " two", " three"]

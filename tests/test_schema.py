@@ -142,7 +142,9 @@ def test_collections_and_any(tmp_path):
     assert props["c"]["items"] == {"type": "string", "format": "uri"}
     assert props["d"]["type"] == "object" and props["d"]["default"] == {}
     assert props["e"]["type"] == "object" and props["f"]["type"] == "object"
-    assert props["g"] == {"title": "G", "x-order": 6, "nullable": True}
+    # Cog: a None default on a type that is not Optional is no default at all (the input is required).
+    assert props["g"] == {"title": "G", "x-order": 6}
+    assert props["f"]["additionalProperties"] == {"type": "integer"} and "additionalProperties" not in props["e"]
     assert props["h"]["items"] == {}
 
 
@@ -154,13 +156,16 @@ def test_optional_forms_are_nullable_and_not_required(tmp_path):
                         d: typing.Optional[Path] = None, e: str = None, f: None | int = 3) -> str: ...
     """, header="from __future__ import annotations\n" + HEADER)
     props = schema["properties"]
-    for name in "abcdef":
+    for name in "abcdf":
         assert props[name]["nullable"] is True, name
-        assert "default" not in props[name] or name == "f"
+    assert "default" not in props["a"] and "default" not in props["b"]
+    assert props["c"]["default"] is None and props["d"]["default"] is None  # Cog writes `"default": null`
     assert props["a"]["type"] == "string" and props["b"]["type"] == "integer"
     assert props["c"]["type"] == "number" and props["d"]["format"] == "uri"
     assert props["f"]["default"] == 3
-    assert "required" not in schema
+    # `e: str = None` is not Optional: Cog takes the None for "no default", so it is required.
+    assert "nullable" not in props["e"] and "default" not in props["e"]
+    assert schema["required"] == ["e"]
 
 
 def test_choices(tmp_path):
@@ -229,7 +234,7 @@ class Output(BaseModel):
     score: float = 0.5
     tags: list[str] = []
 """)
-    assert out == {"title": "Output", "type": "object", "required": ["text", "image"], "properties": {
+    assert out == {"title": "Output", "type": "object", "required": ["text"], "properties": {
         "text": {"title": "Text", "type": "string"},
         "image": {"title": "Image", "type": "string", "format": "uri", "nullable": True},
         "score": {"title": "Score", "type": "number", "default": 0.5},
@@ -358,9 +363,40 @@ def test_unsupported_type_error(tmp_path):
     msg = error(tmp_path, """
         from typing import Union
         class Predictor(BasePredictor):
-            def predict(self, x: Union[int, str]) -> str: ...
+            def predict(self) -> Union[int, str]: ...
     """)
-    assert "'x'" in msg and "Optional" in msg
+    assert "return type" in msg and "Optional" in msg  # an input may be a union (Cog's anyOf), an output not
+
+
+def test_unions_typeddicts_and_opaque_as_cogs_generator_writes_them(tmp_path):
+    body = """
+        from typing import Annotated, NotRequired, TypedDict, Union
+        from cog import Opaque
+        class Payload(TypedDict):
+            name: str
+        class Result(TypedDict):
+            name: str
+            count: NotRequired[int]
+        class Predictor(BasePredictor):
+            def predict(self, value: str | float, maybe: Union[int, str, None] = None, data: Payload = None,
+                        items: list[Payload] | None = None, blob: Annotated[object, Opaque] = None,
+                        blobs: Annotated[List[object], Opaque] = None, note: Annotated[str, "doc"] = "x") -> Result: ...
+    """
+    doc = build_openapi(project(tmp_path, body), "predict.py:Predictor")
+    schema = doc["components"]["schemas"]["Input"]
+    props = schema["properties"]
+    assert props["value"]["anyOf"] == [{"type": "string"}, {"type": "number"}] and "nullable" not in props["value"]
+    assert props["maybe"]["anyOf"] == [{"type": "integer", "nullable": True}, {"type": "string", "nullable": True}]
+    assert props["maybe"]["nullable"] is True and props["maybe"]["default"] is None
+    assert props["data"]["type"] == "object" and "properties" not in props["data"]
+    assert props["items"]["items"] == {"type": "object"} and props["items"]["nullable"] is True
+    assert props["blob"]["type"] == "object" and props["blobs"] == {
+        "title": "Blobs", "type": "array", "items": {"type": "object"}, "x-order": 5}
+    assert props["note"]["type"] == "string" and props["note"]["default"] == "x"
+    assert schema["required"] == ["value", "data", "blob", "blobs"]
+    out = doc["components"]["schemas"]["Output"]
+    assert out["properties"]["count"] == {"type": "integer", "title": "Count"}
+    assert out["required"] == ["name"]
 
 
 def test_missing_annotations_are_errors(tmp_path):
@@ -413,7 +449,7 @@ def test_training(tmp_path):
     assert doc["paths"]["/trainings"]["post"]["operationId"] == "train_trainings_post"
     assert schemas["TrainingInput"]["title"] == "TrainingInput"
     assert schemas["TrainingInput"]["required"] == ["data"]
-    assert schemas["TrainingOutput"] == {"title": "TrainingOutput", "type": "string", "format": "uri"}
+    assert schemas["TrainingOutput"] == {"title": "Output", "type": "string", "format": "uri"}  # as Cog titles it
     assert schemas["TrainingRequest"]["properties"]["input"]["$ref"] == "#/components/schemas/TrainingInput"
     assert schemas["TrainingResponse"]["properties"]["output"]["$ref"] == "#/components/schemas/TrainingOutput"
     # both entry points have a `mode` enum: the second one gets its own component
@@ -452,3 +488,25 @@ def test_ref_without_py_suffix_and_subdirectory(tmp_path):
     (tmp_path / "src" / "model.py").write_text(HEADER + "def run(x: int) -> int:\n    return x\n")
     assert "x" in build_openapi(tmp_path, "src/model.py:run")["components"]["schemas"]["Input"]["properties"]
     assert "x" in build_openapi(tmp_path, "src/model:run")["components"]["schemas"]["Input"]["properties"]
+
+
+def test_cog_markers_streaming_accept_and_optional_secret(tmp_path):
+    """What Cog 0.23's generator writes (checked against Cog's server in test_cog_differential.py):
+    `x-cog-streaming` on POST /predictions for `@cog.streaming`, `x-cog-accept` for Input(accept=...),
+    and `Secret = Input(default=None)` as an optional (nullable) credential."""
+    body = """
+        import cog
+        from typing import Iterator
+        class Predictor(BasePredictor):
+            @cog.streaming
+            def predict(self, audio: Path = Input(accept="audio/*"), key: Secret = Input(default=None),
+                        seed: int = Input(default=None)) -> Iterator[str]: ...
+    """
+    doc = build_openapi(project(tmp_path, body), "predict.py:Predictor")
+    assert doc["paths"]["/predictions"]["post"]["x-cog-streaming"] is True
+    props = doc["components"]["schemas"]["Input"]["properties"]
+    assert props["audio"]["x-cog-accept"] == "audio/*"
+    assert props["key"]["nullable"] is True and props["key"]["default"] is None
+    assert doc["components"]["schemas"]["Input"]["required"] == ["audio", "seed"]
+    plain = build_openapi(project(tmp_path, body.replace("@cog.streaming", "")), "predict.py:Predictor")
+    assert "x-cog-streaming" not in plain["paths"]["/predictions"]["post"]

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from pg import pg_url, store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import inspect, select, text, update
 
 from server.store import Store, normalize_url
@@ -17,7 +16,7 @@ from server.store.streams import StreamRepo
 from server.store.tables import streams, tenants
 
 TABLES = {"schema_version", "tenants", "api_keys", "provider_secrets", "usage", "credits", "rate_counters",
-          "streams", "stream_events"}
+          "streams", "stream_chunks"}
 
 
 def test_url_normalization(tmp_path: Path) -> None:
@@ -44,7 +43,7 @@ def test_migrations_create_all_tables_and_run_twice(store: Store, store_url: str
 
 
 def test_concurrent_first_starts_migrate_once(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
-    from pg import create_database, drop_database
+    from tests.pg import create_database, drop_database
     for url in (f"sqlite:///{tmp_path / 'race.db'}", create_database()):
         errors: list[BaseException] = []
         stores: list[Store] = []
@@ -104,7 +103,7 @@ def test_stream_repo(store: Store) -> None:
     assert (info.status, info.tenant_id, info.format, info.meta, info.next_index) == \
         ("running", "acme", "openai", {"model": "gpt-x"}, 0)
     repo.append(sid, [(0, b"data: a\n\n"), (1, b"data: b\n\n")])
-    repo.append(sid, [(1, b"retried"), (2, b"\x00\xffbinary")])   # index 1 already there: kept
+    repo.append(sid, [(1, b"data: b\n\n"), (2, b"\x00\xffbinary")])   # index 1 again (a retry): stored once
     repo.append(sid, [])
     assert repo.read(sid, 0) == [b"data: a\n\n", b"data: b\n\n", b"\x00\xffbinary"]
     assert repo.read(sid, 2) == [b"\x00\xffbinary"]
@@ -125,12 +124,32 @@ def test_stream_batches(store: Store) -> None:
         repo.save_many([(a, "acme", "openai", None), (b, "beta", "anthropic", {"m": 1})],
                        [(a, 0, b"a0"), (a, 1, b"a1"), (b, 0, b"b0"), (c, 0, b"c0")], [(a, "ok"), (c, "partial")])
     repo.save_many()
-    repo.append_many([(b, 1, b"b1"), (b, 0, b"retried"), (c, 1, b"c1")])
+    repo.append_many([(b, 1, b"b1"), (b, 0, b"b0"), (c, 1, b"c1")])   # b's index 0 retried, with one more
     assert repo.read(a) == [b"a0", b"a1"] and repo.read(b) == [b"b0", b"b1"] and repo.read(c) == [b"c0", b"c1"]
     got = {sid: repo.get(sid) for sid in (a, b, c)}
     assert [(i.status, i.tenant_id, i.format, i.next_index) for i in got.values()] == \
         [("ok", "acme", "openai", 2), ("running", "beta", "anthropic", 2), ("partial", "acme", "run", 2)]
     assert got[b].meta == {"m": 1} and got[a].finished_at is not None and got[b].finished_at is None
+
+
+def test_stream_chunks_store_each_flush_as_one_row(store: Store) -> None:
+    """One row per stream per write, however many events; a write retried after an unclear failure
+    (same first index, more events by now) leaves every event exactly once, in order."""
+    repo = StreamRepo(store)
+    sid, other = f"s-{uuid.uuid4().hex}", f"s-{uuid.uuid4().hex}"
+    events = [f"id: {i}\ndata: {{\"n\":{i}}}\n\n".encode() for i in range(40)]
+    repo.save_many([(sid, "acme", "openai", None), (other, "acme", "openai", None)],
+                   [(sid, i, events[i]) for i in range(16)] + [(other, 0, b"o0")])
+    repo.save_many([], [(sid, i, events[i]) for i in range(16, 20)])
+    repo.save_many([], [(sid, i, events[i]) for i in range(16, 40)])       # the retry, longer
+    repo.save_many([], [(sid, i, events[i]) for i in range(16, 30)])       # a shorter one changes nothing
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT stream_id, first_idx, count FROM stream_chunks WHERE stream_id IN (:a, :b)"),
+                            {"a": sid, "b": other}).all()
+    assert sorted((r[0] == sid, r[1], r[2]) for r in rows) == [(False, 0, 1), (True, 0, 16), (True, 16, 24)]
+    assert repo.read(sid) == events and repo.read(other) == [b"o0"]
+    assert repo.read(sid, 15) == events[15:] and repo.read(sid, 17, limit=2) == events[17:19]
+    assert repo.get(sid).next_index == 40 and repo.read(sid, 40) == []
 
 
 def test_stream_cancel_marks(store: Store) -> None:
@@ -140,11 +159,11 @@ def test_stream_cancel_marks(store: Store) -> None:
     for sid in (running, done, other):
         repo.create(sid, "acme", "openai")
     repo.finish(done, "ok")
-    assert repo.cancelled([running, done, other]) == set()
-    assert repo.finish(running, "cancelled", only_running=True) is True
-    assert repo.finish(done, "cancelled", only_running=True) is False     # an ended stream keeps its status
+    assert repo.canceled([running, done, other]) == set()
+    assert repo.finish(running, "canceled", only_running=True) is True
+    assert repo.finish(done, "canceled", only_running=True) is False     # an ended stream keeps its status
     assert repo.get(done).status == "ok"
-    assert repo.cancelled([running, done, other]) == {running} and repo.cancelled([]) == set()
+    assert repo.canceled([running, done, other]) == {running} and repo.canceled([]) == set()
 
 
 def test_stream_purge(store: Store) -> None:

@@ -9,12 +9,25 @@ import pytest
 from pydantic import TypeAdapter
 
 from server.translate import (
-    AnthropicToOpenAIStream, GeminiToOpenAIStream, OpenAIToAnthropicStream, OpenAIToGeminiStream, SSEDecoder,
-    StreamError, anthropic_to_openai_request, anthropic_to_openai_response, encode_sse, gemini_to_openai_request,
-    gemini_to_openai_response, openai_to_anthropic_request, openai_to_anthropic_response, openai_to_gemini_request,
+    AnthropicToOpenAIStream,
+    GeminiToOpenAIStream,
+    OpenAIToAnthropicStream,
+    OpenAIToGeminiStream,
+    SSEDecoder,
+    StreamError,
+    anthropic_to_openai_request,
+    anthropic_to_openai_response,
+    encode_sse,
+    gemini_to_openai_request,
+    gemini_to_openai_response,
+    openai_to_anthropic_request,
+    openai_to_anthropic_response,
+    openai_to_gemini_request,
     openai_to_gemini_response,
 )
-from server.wire import anthropic as aw, gemini as gw, openai as ow
+from server.wire import anthropic as aw
+from server.wire import gemini as gw
+from server.wire import openai as ow
 from tests.fakes import start_fake
 
 PNG = "data:image/png;base64,iVBORw0KGgo="

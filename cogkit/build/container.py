@@ -15,7 +15,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import docker
 import docker.errors
@@ -72,7 +72,7 @@ class RunningModel:
         self.url = f"http://127.0.0.1:{port}"
         self.health: dict[str, Any] = {}
 
-    def __enter__(self) -> RunningModel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -180,7 +180,13 @@ class RunningModel:
                 data = json.loads("\n".join(data_lines))
                 if event == "completed":
                     return data
-                on_event(event, data)
+                # Cog's payloads, handed on as ("output", item) and ("logs", text)
+                if event == "output" and isinstance(data, dict):
+                    on_event("output", data.get("chunk"))
+                elif event == "log" and isinstance(data, dict):
+                    on_event("logs", data.get("data", ""))
+                elif event != "start":
+                    on_event(event, data)
                 event, data_lines = "message", []
         raise ContainerError(f"the {mode} event stream ended before the prediction completed")
 
@@ -202,9 +208,12 @@ class RunningModel:
 
 def start(image: str, port: int | None = None, env: dict[str, str] | None = None,
           client: docker.APIClient | None = None, *, volumes: dict[str, str] | None = None,
-          wait: bool = True, timeout: float = 300) -> RunningModel:
+          wait: bool = True, timeout: float = 300, upload_url: str | None = None,
+          name: str | None = None) -> RunningModel:
     """Run `image` with the host network, its server on 127.0.0.1:port (a free one by default);
-    returns once /health-check says READY. volumes maps host paths to read-only container paths."""
+    returns once /health-check says READY. volumes maps host paths to read-only container paths.
+    A `name` chosen beforehand lets the caller remove the container even if it was
+    interrupted before this returned (see remove())."""
     client = client or connect()
     try:
         info = client.inspect_image(image)
@@ -218,12 +227,16 @@ def start(image: str, port: int | None = None, env: dict[str, str] | None = None
     elif not _port_is_free(port):
         raise ContainerError(f"port {port} on 127.0.0.1 is already in use; choose another one (--port)")
     binds = {host: {"bind": inner, "mode": "ro"} for host, inner in (volumes or {}).items()}
-    host_config = client.create_host_config(network_mode="host", binds=binds or None)
+    # host.docker.internal names this host inside the container, as `cog serve` arranges it
+    # (with the host network, that is 127.0.0.1).
+    host_config = client.create_host_config(network_mode="host", binds=binds or None,
+                                            extra_hosts={"host.docker.internal": "127.0.0.1"})
     try:
         container = client.create_container(
-            image, command=command_for((info.get("Config") or {}).get("Cmd"), port),
+            image, command=command_for((info.get("Config") or {}).get("Cmd"), port) + (
+                ["--upload-url", upload_url] if upload_url else []),
             environment={k: str(v) for k, v in (env or {}).items()}, host_config=host_config,
-            labels={LABEL: "1"}, volumes=[b["bind"] for b in binds.values()] or None,
+            labels={LABEL: "1"}, volumes=[b["bind"] for b in binds.values()] or None, name=name,
         )["Id"]
         model = RunningModel(client, container, image, port)
         client.start(container)
@@ -237,6 +250,11 @@ def start(image: str, port: int | None = None, env: dict[str, str] | None = None
             model.stop(timeout=2)
             raise
     return model
+
+
+def remove(client: docker.APIClient, container: str, timeout: int = 5) -> None:
+    """Stop (SIGTERM, then SIGKILL after `timeout` s) and remove a container by id or name; gone already is fine."""
+    RunningModel(client, container, "", 0).stop(timeout=timeout)
 
 
 def pull(ref: str, progress: Callable[[str], None] = lambda _line: None,

@@ -168,13 +168,15 @@ def _gpu_python(version: str) -> str:
             " && apt-get clean && rm -rf /var/lib/apt/lists/*")
 
 
-def _run_step(command: str) -> str:
+def _run_step(command: str, mounts: list[dict] | None = None) -> str:
     """A build.run command; a multi-line script (YAML `|`) is fed to sh line by line, since a
-    Dockerfile line cannot hold newlines and joining them would change what the shell runs."""
+    Dockerfile line cannot hold newlines and joining them would change what the shell runs.
+    Secret mounts become BuildKit's RUN --mount=type=secret (cog.yaml's `mounts`)."""
+    prefix = "RUN " + "".join(f"--mount=type=secret,id={m['id']},target={m['target']} " for m in mounts or [])
     lines = command.strip().splitlines()
     if len(lines) <= 1:
-        return f"RUN {command.strip()}"
-    return "RUN printf '%s\\n' " + " ".join(shlex.quote(line) for line in lines) + " | sh -e"
+        return f"{prefix}{command.strip()}"
+    return f"{prefix}printf '%s\\n' " + " ".join(shlex.quote(line) for line in lines) + " | sh -e"
 
 
 def _site_packages(venv: str) -> str:
@@ -226,7 +228,7 @@ def generate(config: Config, openapi: dict | None = None, *, has_requirements: b
 
     out += ["", "FROM base",
             f"COPY --from=deps {MODEL_VENV} {MODEL_VENV}"]
-    out += [_run_step(cmd) for cmd in b.run]
+    out += [_run_step(cmd, mounts) for cmd, mounts in zip(b.run, b.run_mounts or [[]] * len(b.run))]
     out += [f"COPY --from=runtime {RUNTIME_VENV} {RUNTIME_VENV}",
             f"COPY {L.sdk}/ {SDK_DIR}/"]
     if has_weights:

@@ -11,11 +11,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from cogkit import __version__
-from cogkit.inputs import InputValidationError, secret_fields, validate_input
+from cogkit.inputs import InputRules, InputValidationError
 from cogkit.runtime.runner import Busy, NotReady, Prediction, Runner
 from cogkit.runtime.webhooks import EVENTS
 
 MODES = {"predictions": "predict", "trainings": "train"}
+# Cog 0.23's answers (406) to an SSE request the entry point cannot serve.
+NOT_STREAMING = ("This model does not support streaming responses. "
+                 "Add @cog.streaming to predict() to enable SSE.")
+TRAINING_NOT_STREAMING = "Training endpoints do not support streaming responses."
 
 
 def _error(status: int, detail: Any) -> JSONResponse:
@@ -45,14 +49,21 @@ def create_app(runner: Runner, openapi: dict[str, Any], request_shutdown: Callab
     async def health_check() -> dict[str, Any]:
         status = await runner.check_health()
         setup = runner.setup
-        return {"status": status, "error": runner.error if status != "READY" else None,
-                "setup": {"started_at": setup.started_at, "completed_at": setup.completed_at,
-                          "logs": setup.logs, "status": setup.status},
-                "concurrency": {"max": runner.slots, "current": len(runner.running)}}
+        health: dict[str, Any] = {
+            "status": status, "error": runner.error if status not in ("READY", "BUSY") else None,
+            "setup": {"started_at": setup.started_at, "completed_at": setup.completed_at,
+                      "logs": setup.logs, "status": setup.status},
+            "concurrency": {"max": runner.slots, "current": len(runner.running)}}
+        if status == "UNHEALTHY":  # as Cog: only present when the model's own healthcheck() failed
+            health["user_healthcheck_error"] = runner.error
+        return health
 
     @app.get("/openapi.json")
-    async def openapi_document() -> dict[str, Any]:
-        return openapi
+    async def openapi_document() -> Response:
+        # As Cog: the schema is served once setup has succeeded (503 while starting or after a failure).
+        if runner.setup.status != "succeeded":
+            return JSONResponse({"error": "OpenAPI schema not available"}, status_code=503)
+        return JSONResponse(openapi)
 
     @app.post("/shutdown")
     async def shutdown() -> dict[str, Any]:
@@ -67,21 +78,28 @@ def create_app(runner: Runner, openapi: dict[str, Any], request_shutdown: Callab
 
 def _add_prediction_routes(app: FastAPI, runner: Runner, openapi: dict[str, Any], surface: str) -> None:
     mode = MODES[surface]
+    streams = mode == "predict" and bool(
+        openapi.get("paths", {}).get("/predictions", {}).get("post", {}).get("x-cog-streaming"))
+    rules = InputRules(openapi, mode)  # read once: validating an input is on every request's path
 
-    async def create(request: Request, prediction_id: str | None = None) -> Response:
+    async def create(request: Request) -> Response:
+        prediction_id: str | None = request.path_params.get("prediction_id")
         try:
             body = await request.json()
         except ValueError:
             return _invalid(["body"], "request body must be a JSON object", "json_invalid")
         if not isinstance(body, dict):
             return _invalid(["body"], "request body must be a JSON object", "dict_type")
+        if _wants_events(request) and not streams:  # checked first, as Cog does
+            return JSONResponse({"error": NOT_STREAMING if mode == "predict" else TRAINING_NOT_STREAMING},
+                                status_code=406)
         if prediction_id is not None:
             if body.get("id") not in (None, prediction_id):
                 return _invalid(["body", "id"], f"id in the body ({body['id']!r}) differs from the URL ({prediction_id!r})")
             existing = runner.predictions.get(prediction_id)
             if existing is not None:  # idempotent: same id, same prediction
                 return await _respond(request, existing, runner)
-        prediction_or_error = _parse_request(body, openapi, mode, prediction_id or runner.new_id())
+        prediction_or_error = _parse_request(body, rules, mode, prediction_id or runner.new_id())
         if isinstance(prediction_or_error, JSONResponse):
             return prediction_or_error
         try:
@@ -92,20 +110,25 @@ def _add_prediction_routes(app: FastAPI, runner: Runner, openapi: dict[str, Any]
             return _error(409, str(e))
         return await _respond(request, prediction, runner)
 
-    async def cancel(prediction_id: str) -> Response:
+    async def cancel(request: Request) -> Response:
+        prediction_id = request.path_params["prediction_id"]
         if not runner.cancel(prediction_id):
             return _error(404, f"no {surface[:-1]} with id {prediction_id!r}")
         return JSONResponse({})
 
-    app.add_api_route(f"/{surface}", create, methods=["POST"])
-    app.add_api_route(f"/{surface}/{{prediction_id}}", create, methods=["PUT"])
-    app.add_api_route(f"/{surface}/{{prediction_id}}/cancel", cancel, methods=["POST"])
+    # Plain Starlette routes, not FastAPI's: these handlers read the request themselves, and
+    # FastAPI's per-request dependency solving was a fifth of the server's time per prediction.
+    app.add_route(f"/{surface}", create, methods=["POST"])
+    app.add_route(f"/{surface}/{{prediction_id}}", create, methods=["PUT"])
+    app.add_route(f"/{surface}/{{prediction_id}}/cancel", cancel, methods=["POST"])
 
 
-def _parse_request(body: dict[str, Any], openapi: dict[str, Any], mode: str, prediction_id: str) -> Prediction | JSONResponse:
+def _parse_request(body: dict[str, Any], rules: InputRules, mode: str, prediction_id: str) -> Prediction | JSONResponse:
     errors: list[dict[str, Any]] = []
+    raw_input = body.get("input") or {}
     try:
-        clean_input = validate_input(openapi, body.get("input") or {}, mode)
+        # Cog's HTTP API drops fields the model does not declare (its CLI rejects them).
+        clean_input = rules.validate(raw_input, ignore_undeclared=True)
     except InputValidationError as e:
         errors += e.errors
     events_filter = body.get("webhook_events_filter")
@@ -120,36 +143,55 @@ def _parse_request(body: dict[str, Any], openapi: dict[str, Any], mode: str, pre
         errors.append({"loc": ["body", "context"], "msg": "must be an object", "type": "dict_type"})
     if errors:
         return JSONResponse({"detail": errors}, status_code=422)
-    return Prediction(id=prediction_id, input=clean_input, mode=mode, webhook=body.get("webhook"),
+    ignored = rules.undeclared(raw_input)
+    logs = f"Ignored input fields the model does not declare: {', '.join(ignored)}\n" if ignored else ""
+    return Prediction(id=prediction_id, input=clean_input, mode=mode, webhook=body.get("webhook"), logs=logs,
                       webhook_events_filter=events_filter, output_file_prefix=body.get("output_file_prefix"),
-                      context=context, secret_inputs=secret_fields(openapi, mode))
+                      context=context, secret_inputs=rules.secrets)
+
+
+def _wants_events(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
 
 
 async def _respond(request: Request, prediction: Prediction, runner: Runner) -> Response:
-    if "text/event-stream" in request.headers.get("accept", ""):
+    if _wants_events(request):
         return StreamingResponse(_event_stream(prediction), media_type="text/event-stream")
     if request.headers.get("prefer") == "respond-async":
-        return JSONResponse(prediction.response(), status_code=202)
+        body = prediction.response()
+        if not prediction.done.is_set():
+            body["status"] = "starting"  # as Cog: accepted, not yet reported by the model
+        return JSONResponse(body, status_code=202)
     await prediction.done.wait()
     return JSONResponse(prediction.response())
 
 
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
 async def _event_stream(prediction: Prediction) -> AsyncIterator[bytes]:
-    """Server-sent events: each output item and log chunk as it is produced,
-    then the completed prediction. Items produced before the client subscribed
-    are replayed first, so nothing is missed."""
+    """Cog's server-sent events: start, output {chunk, index}, log, metric, completed.
+    A late subscriber first gets the events kept so far (COG_STREAM_HISTORY_CAPACITY of
+    them); when some were already dropped it gets an error event instead, as Cog."""
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    if isinstance(prediction.output, list) and prediction.streamed:
-        for item in prediction.output:
-            queue.put_nowait(("output", item))
+    if prediction.sse_skipped:
+        yield _sse("error", {"error": "SSE stream replay truncated; events were dropped",
+                             "skipped": prediction.sse_skipped})
+        return
+    for past in prediction.sse_history:
+        queue.put_nowait(past)
     if prediction.done.is_set():
-        queue.put_nowait(("completed", prediction.response()))
+        if not any(name == "completed" for name, _ in prediction.sse_history):
+            queue.put_nowait(("completed", prediction.response()))
     else:
-        prediction.listeners.append(lambda event, data: queue.put_nowait((event, data)))
-    while True:
-        event, data = await queue.get()
-        if event == "start":
-            continue
-        yield f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-        if event == "completed":
-            return
+        prediction.sse_listeners.append(queue.put_nowait)
+    try:
+        while True:
+            event, data = await queue.get()
+            yield _sse(event, data)
+            if event == "completed":
+                return
+    finally:
+        if queue.put_nowait in prediction.sse_listeners:
+            prediction.sse_listeners.remove(queue.put_nowait)

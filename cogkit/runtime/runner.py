@@ -4,6 +4,7 @@ into each prediction's state, and tells listeners (webhooks, SSE streams)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import os
 import shutil
@@ -30,7 +31,16 @@ KEEP_FINISHED = 1000
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def _int_setting(env: dict[str, str], name: str, default: int) -> int:
+    """A non-negative integer from cog.yaml's environment or ours (the model's settings reach both)."""
+    raw = env.get(name, os.environ.get(name))
+    try:
+        return max(0, int(raw)) if raw is not None else default
+    except ValueError:
+        return default
 
 
 class Busy(Exception):
@@ -64,6 +74,11 @@ class Prediction:
     started_monotonic: float = 0.0
     streamed: bool = False
     workdir: str | None = None
+    sse_capacity: int = 1024
+    sse_history: list[tuple[str, Any]] = field(default_factory=list)
+    sse_skipped: int = 0
+    sse_outputs: int = 0
+    sse_listeners: list[Callable[[tuple[str, Any]], None]] = field(default_factory=list)
 
     def response(self) -> dict[str, Any]:
         return {
@@ -79,6 +94,31 @@ class Prediction:
     def emit(self, event: str, data: Any = None) -> None:
         for listener in list(self.listeners):
             listener(event, data)
+        sse = self._sse_event(event, data)
+        if sse is None:
+            return
+        if self.sse_capacity > 0:  # kept for late subscribers, as Cog's COG_STREAM_HISTORY_CAPACITY
+            if len(self.sse_history) >= self.sse_capacity:
+                self.sse_history.pop(0)
+                self.sse_skipped += 1
+            self.sse_history.append(sse)
+        for sse_listener in list(self.sse_listeners):
+            sse_listener(sse)
+
+    def _sse_event(self, event: str, data: Any) -> tuple[str, Any] | None:
+        """A prediction event as Cog's server-sent event (name, payload)."""
+        if event == "start":
+            return "start", {"id": self.id, "status": self.status}
+        if event == "output":
+            self.sse_outputs += 1
+            return "output", {"chunk": data, "index": self.sse_outputs - 1}
+        if event == "logs":
+            return "log", {"source": "stdout", "data": data}
+        if event == "metric":
+            return "metric", data
+        if event == "completed":
+            return "completed", data
+        return None
 
 
 @dataclass
@@ -101,11 +141,13 @@ class Runner:
         self.max_concurrency = concurrency
         self.upload_url = upload_url
         self.env = env or {}
+        self.stream_history_capacity = _int_setting(self.env, "COG_STREAM_HISTORY_CAPACITY", 1024)
         self.setup = SetupResult()
         self.state = STARTING
         self.error: str | None = None
         self.predictions: dict[str, Prediction] = {}
         self.running: dict[str, Prediction] = {}
+        self._finished: collections.deque[str] = collections.deque()  # ids, oldest first
         self.slots = 1
         self._proc: asyncio.subprocess.Process | None = None
         self._setup_done = asyncio.Event()
@@ -132,6 +174,25 @@ class Runner:
         os.close(write_fd)
         self._spawn(self._pump_events(os.fdopen(read_fd, "rb", buffering=0)))
         self._spawn(self._pump_stdout())
+        setup_timeout = _int_setting(self.env, "COG_SETUP_TIMEOUT", 0)
+        if setup_timeout:
+            self._spawn(self._limit_setup(setup_timeout))
+
+    async def _limit_setup(self, seconds: int) -> None:
+        """COG_SETUP_TIMEOUT, as Cog: setup that runs longer fails, and the worker is stopped."""
+        try:
+            await asyncio.wait_for(self._setup_done.wait(), seconds)
+        except TimeoutError:
+            self.setup.completed_at = now_iso()
+            self.setup.status = "failed"
+            self.state, self.error = SETUP_FAILED, f"setup timed out after {seconds} seconds (COG_SETUP_TIMEOUT)"
+            self.setup.logs += f"{self.error}\n"
+            self._setup_done.set()
+            if self._proc and self._proc.returncode is None:
+                try:
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -163,12 +224,14 @@ class Runner:
         kind = msg["type"]
         if kind == m.LOG:
             self._log(msg.get("id"), msg["text"])
-        elif kind == m.SETUP_DONE:
+        elif kind == m.SETUP_DONE and not self._setup_done.is_set():  # not after a setup timeout
             self.setup.completed_at = now_iso()
             self.setup.status = "succeeded" if msg["ok"] else "failed"
             if msg["ok"]:
                 # A synchronous predictor runs one prediction at a time, as in Cog.
-                self.slots = self.max_concurrency if msg.get("is_async") else 1
+                wanted = msg.get("concurrent_max") or self.max_concurrency
+                self.max_concurrency = wanted
+                self.slots = wanted if msg.get("is_async") else 1
                 if self.slots < self.max_concurrency:
                     self.setup.logs += (f"concurrency.max is {self.max_concurrency}, but predict() is synchronous: "
                                         "running one prediction at a time (make it async to run several)\n")
@@ -187,6 +250,7 @@ class Runner:
             p = self.running.get(msg["id"])
             if p:
                 merge_metric(p.metrics, msg["name"], msg["value"], msg["mode"])
+                p.emit("metric", {"name": msg["name"], "value": msg["value"], "mode": msg["mode"]})
         elif kind == m.DONE:
             await self._finish(msg)
         elif kind == m.HEALTH and self._health and not self._health.done():
@@ -241,8 +305,8 @@ class Runner:
         try:
             result = await asyncio.wait_for(self._health, timeout)
             ok, error = result["ok"], result.get("error")
-        except asyncio.TimeoutError:
-            ok, error = False, f"healthcheck() did not answer within {timeout:g}s"
+        except TimeoutError:
+            ok, error = False, f"user-defined healthcheck timed out after {timeout:.1f} seconds"
         if self.state in (READY, UNHEALTHY):
             self.state, self.error = (READY, None) if ok else (UNHEALTHY, error)
         return self.health_status()
@@ -260,14 +324,20 @@ class Runner:
             sender = WebhookSender(webhook_client or self._http, prediction.webhook,
                                    prediction.webhook_events_filter, prediction.response)
             prediction.listeners.append(lambda event, _data: sender.notify(event))
+        prediction.sse_capacity = self.stream_history_capacity
         self.predictions[prediction.id] = prediction
         self.running[prediction.id] = prediction
-        prediction.workdir = tempfile.mkdtemp(dir=self._workdir)
+        if self.file_fields.get(prediction.mode):  # a directory only for downloaded inputs: two syscalls saved
+            prediction.workdir = tempfile.mkdtemp(dir=self._workdir)
         prediction.status = "processing"
         prediction.started_at = now_iso()
         prediction.started_monotonic = time.monotonic()
         prediction.emit("start")
-        self._spawn(self._dispatch(prediction))
+        if self.file_fields.get(prediction.mode):
+            self._spawn(self._dispatch(prediction))  # inputs to download first
+        else:  # nothing to fetch: straight to the worker, without a task and a loop turn in between
+            self._send(m.PREDICT, id=prediction.id, mode=prediction.mode, input=prediction.input,
+                       context=prediction.context)
         return prediction
 
     async def _dispatch(self, p: Prediction) -> None:
@@ -289,6 +359,8 @@ class Runner:
                 msg = {**msg, "status": "failed", "error": f"could not deliver the output file: {e}"}
         p.status = msg["status"]
         p.error = msg.get("error")
+        if p.status == "failed":
+            p.output = None  # as Cog: a failed prediction has no output, even one that streamed some
         p.completed_at = now_iso()
         p.metrics["predict_time"] = round(time.monotonic() - p.started_monotonic, 6)
         del self.running[p.id]
@@ -296,13 +368,14 @@ class Runner:
             shutil.rmtree(p.workdir, ignore_errors=True)
         p.done.set()
         p.emit("completed", p.response())
-        self._forget_old()
+        self._forget_old(p.id)
 
-    def _forget_old(self) -> None:
-        # Finished predictions are kept for idempotent PUTs, but not forever.
-        finished = [pid for pid, q in self.predictions.items() if q.done.is_set()]
-        for pid in finished[: max(0, len(finished) - KEEP_FINISHED)]:
-            del self.predictions[pid]
+    def _forget_old(self, finished: str) -> None:
+        # Finished predictions are kept for idempotent PUTs, but not forever. A queue in
+        # order of finishing makes this O(1) per prediction (scanning them all was not).
+        self._finished.append(finished)
+        while len(self._finished) > KEEP_FINISHED:
+            self.predictions.pop(self._finished.popleft(), None)
 
     def cancel(self, prediction_id: str) -> bool:
         p = self.predictions.get(prediction_id)
@@ -320,7 +393,7 @@ class Runner:
         if self._proc and self._proc.returncode is None:
             try:
                 await asyncio.wait_for(self._proc.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 await self._proc.wait()
         for task in list(self._tasks):

@@ -9,9 +9,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from cogkit.config import Config, load_config
+from cogkit.inputs import file_fields
 from cogkit.runtime.http import create_app
 from cogkit.runtime.runner import Runner
-from cogkit.inputs import file_fields
 from cogkit.schema import build_openapi
 
 
@@ -47,5 +47,6 @@ def serve(project: str, python: str, host: str, port: int, upload_url: str | Non
         server.should_exit = True
 
     app = build_app(load_config(project), python, upload_url, request_shutdown)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    # No access log: it was filtered out at "warning" anyway, after being formatted for every request.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     server.run()

@@ -108,12 +108,11 @@ def coerce(annotation: Any, value: Any) -> Any:
     if isinstance(value, dict) and m.PATH_KEY in value:
         local = value[m.PATH_KEY]
         if annotation is File:
-            return open(local, "rb")  # noqa: SIM115 - handed to user code
+            return open(local, "rb")
         return Path(local)
     if annotation is Secret:
         return Secret(value)
-    if annotation is float and isinstance(value, int):
-        return float(value)
+    # A float input sent as a JSON integer reaches the model as that int, as in Cog 0.23.
     return value
 
 
@@ -160,6 +159,7 @@ class Worker:
         self.events = events
         self.predictor: Any = None
         self.entries: dict[str, Any] = {}
+        self._type_hints: dict[str, dict[str, Any]] = {}  # mode -> its entry's annotations, resolved once
         self.is_async = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._running: str | None = None  # sync mode: the prediction in the main thread
@@ -200,9 +200,10 @@ class Worker:
             ok = True if check is None else check()
             if inspect.isawaitable(ok):
                 ok = asyncio.run(ok) if self.loop is None else asyncio.run_coroutine_threadsafe(ok, self.loop).result(10)
-            self.events.send(m.HEALTH, ok=bool(ok), error=None if ok else "healthcheck() returned False")
+            self.events.send(m.HEALTH, ok=bool(ok), error=None if ok else "user-defined healthcheck returned False")
         except Exception as e:  # noqa: BLE001 - reported as UNHEALTHY
-            self.events.send(m.HEALTH, ok=False, error=f"healthcheck() raised {type(e).__name__}: {e}")
+            self.events.send(m.HEALTH, ok=False,
+                             error=f"user-defined healthcheck raised an exception: {type(e).__name__}: {e}")
 
     # one prediction
     def _start(self, msg: dict[str, Any]) -> tuple[Any, dict[str, Any], contextvars.Token[Scope]]:
@@ -214,16 +215,26 @@ class Worker:
         fn = self.entries.get(msg.get("mode", "predict"))
         if fn is None:
             raise RuntimeError(f"this model has no {msg.get('mode')} entry point")
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # noqa: BLE001 - unresolvable annotations: pass values as they are
-            hints = {}
+        hints = self._hints(msg.get("mode", "predict"), fn)
         kwargs = {k: coerce(hints.get(k, Any), v) for k, v in (msg.get("input") or {}).items()}
         return fn, kwargs, token
 
+    def _hints(self, mode: str, fn: Any) -> dict[str, Any]:
+        """The entry point's resolved annotations (get_type_hints is slow: once per mode, not per call)."""
+        if mode not in self._type_hints:
+            try:
+                self._type_hints[mode] = typing.get_type_hints(fn)
+            except Exception:  # noqa: BLE001 - unresolvable annotations: pass values as they are
+                self._type_hints[mode] = {}
+        return self._type_hints[mode]
+
     def _fail(self, pid: str, exc: BaseException) -> None:
         sys.stderr.write(traceback.format_exc())
-        self.events.send(m.DONE, id=pid, status="failed", error=f"{exc}" or type(exc).__name__)
+        if isinstance(exc, SystemExit):  # as Cog: the prediction fails, the worker lives on
+            error = f"SystemExit: predict called sys.exit({exc.code!r})"
+        else:
+            error = f"{exc}" or type(exc).__name__
+        self.events.send(m.DONE, id=pid, status="failed", error=error)
 
     def predict_sync(self, msg: dict[str, Any]) -> None:
         pid = msg["id"]
@@ -242,7 +253,7 @@ class Worker:
                 self._done(pid, output=encode_output(result))
         except CancelationException:
             self.events.send(m.DONE, id=pid, status="canceled")
-        except Exception as e:  # noqa: BLE001 - a failed prediction, not a failed worker
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a failed prediction, not a failed worker
             self._fail(pid, e)
         finally:
             self._running = None
@@ -273,7 +284,7 @@ class Worker:
                 self._done(pid, output=encode_output(result))
         except (asyncio.CancelledError, CancelationException):
             self.events.send(m.DONE, id=pid, status="canceled")
-        except Exception as e:  # noqa: BLE001
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - sys.exit() in predict fails only that prediction
             self._fail(pid, e)
         finally:
             if token is not None:
@@ -357,7 +368,10 @@ def main() -> None:
         sys.stderr.write(traceback.format_exc())
         events.send(m.SETUP_DONE, ok=False, error=f"{type(e).__name__}: {e}", is_async=False)
         sys.exit(1)
-    events.send(m.SETUP_DONE, ok=True, error=None, is_async=worker.is_async)
+    # @cog.concurrent(max=N) on the entry point: Cog 0.23's way to ask for several slots.
+    concurrent_max = max((getattr(getattr(f, "__func__", f), "__cog_concurrent_max__", 0)
+                          for f in worker.entries.values()), default=0)
+    events.send(m.SETUP_DONE, ok=True, error=None, is_async=worker.is_async, concurrent_max=concurrent_max)
     if worker.is_async:
         assert worker.loop is not None
         worker.loop.run_until_complete(worker.serve_async(control))

@@ -68,6 +68,59 @@ class File(io.IOBase):
     """Deprecated in Cog in favour of Path; kept so old predictors still load."""
 
 
+class URLFile(io.IOBase):
+    """A file read lazily from an http(s) URL on first use, as Cog's URLFile."""
+
+    def __init__(self, url: str, filename: str | None = None) -> None:
+        import os
+        import urllib.parse
+
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError("URLFile requires URL to conform to HTTP or HTTPS protocol")
+        self.name = filename or os.path.basename(parsed.path)
+        self.url = url
+        self._response: Any = None
+
+    def _target(self) -> Any:
+        if self._response is None:
+            import urllib.request
+            self._response = urllib.request.urlopen(self.url, timeout=10)  # noqa: S310 - http(s) checked above
+        return self._response
+
+    def read(self, size: int = -1) -> bytes:
+        return self._target().read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[bytes]:  # type: ignore[override]
+        return iter(self._target())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name, self.url, self._response = state["name"], state["url"], None
+
+    def __repr__(self) -> str:
+        return f"<URLFile for {self.url!r}>"
+
+
+# Old Cog (cog.types.Weights, for setup(weights=...)): what COG_WEIGHTS may be given as.
+Weights = typing.Union[File, Path, str]
+
+
+class _OpaqueMarker:
+    """`Annotated[T, Opaque]`: T is an opaque JSON object, passed through as it is."""
+
+    def __repr__(self) -> str:
+        return "cog.Opaque"
+
+
+Opaque = _OpaqueMarker()
+
+
 class Secret:
     """A value that never appears in logs, reprs or responses."""
 

@@ -32,7 +32,7 @@ class Explanation:
             return f"{where}: the only candidate that passed every filter"
         runner_up = self.candidates[1]
         if runner_up.score == winner.score:
-            return f"{where}: tied with {_where(runner_up)} at {winner.score:.3f}; the first in inventory order wins"
+            return f"{where}: tied with {_where(runner_up)} at {winner.score:.3f}; ties go to the first in the strategy's order"
         deltas = [(name, getattr(winner.terms, name) - getattr(runner_up.terms, name)) for name in _TERMS]
         deciding = ", ".join(f"{name} {delta:+.3f}" for name, delta in sorted(deltas, key=lambda d: -abs(d[1]))
                              if abs(delta) > 1e-9)

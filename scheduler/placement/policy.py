@@ -26,21 +26,29 @@ class Policy:
     points_sleeping: float = 3.0
     points_local_snapshot: float = 2.0
     points_peer_snapshot: float = 1.0
-    # Another replica of the same model on the same GPU / node. The node penalty
-    # is above (local - peer) points, so a second replica spreads to another
-    # node when the weights can be copied from the first one's node.
+    # Another replica of the same model on the same GPU; and per replica of the
+    # model on the node above an even spread (replicas / nodes that could run it,
+    # as topology spread counts skew). The node penalty is above (local - peer) points,
+    # so a second replica spreads to another node when the weights can be copied
+    # from the first one's node.
     penalty_same_gpu: float = 3.0
     penalty_same_node: float = 1.5
     # Kept free on every GPU, as a fraction of its memory: telemetry lags and
     # allocators overshoot.
     memory_margin_fraction: float = 0.05
     max_telemetry_age_s: float = 30.0
+    # GPUs one decision walks past at most; then it takes the best found so far. Exact below
+    # that many candidate GPUs (explain always scores all), bounded time above it, in the
+    # spirit of kube-scheduler's percentageOfNodesToScore.
+    max_walk: int = 1024
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.memory_margin_fraction < 1.0:
             raise ValueError(f"memory_margin_fraction: expected in [0, 1), got {self.memory_margin_fraction}")
         if not 0.0 <= self.utilization_threshold_percent < 100.0:
             raise ValueError(f"utilization_threshold_percent: expected in [0, 100), got {self.utilization_threshold_percent}")
+        if self.max_walk < 1:
+            raise ValueError(f"max_walk: expected >= 1, got {self.max_walk}")
         if self.max_telemetry_age_s <= 0:
             raise ValueError(f"max_telemetry_age_s: expected > 0, got {self.max_telemetry_age_s}")
 

@@ -16,8 +16,11 @@ stops as soon as no GPU further on can beat the best one found.
 from __future__ import annotations
 
 import bisect
+import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from scheduler.placement.model import (
     NoFit,
@@ -44,14 +47,47 @@ MEMORY_LIVE = "memory (live telemetry)"
 MEMORY_PROMISED = "memory (promised to replicas)"
 TOO_FEW = "too few eligible GPUs on node"
 
+_BAND_PERCENT = 5.0
 _COUNTS_FOR_AFFINITY = frozenset({ReplicaState.STARTING, ReplicaState.READY})
 _NO_SLEEPER = ("", 0)
 
-Key = tuple[int, int]  # (effective free bytes, gpu ordinal)
+Key = tuple[int, int]  # (effective free bytes, the GPU's tie order)
+# Breaks ties between equal scores, higher wins: the candidate whose last GPU comes first in the
+# strategy's walk order (pack: least free first; spread: most free first; then the tie order).
+Rank = tuple[int, int]
+
+
+def _tie_order(ordinal: int) -> int:
+    """A fixed pseudo-random order of GPUs (a bijection of the ordinal), so GPUs with equal free
+    memory are not walked node by node: replicas of one model then do not queue behind each other."""
+    return (ordinal * 2654435761) % 2**32
+
+
+class _Index:
+    """GPUs sorted by key, one list per (compute capability, utilization band): a walk reads
+    only the lists of capable GPUs and bounds each band by its least busy penalty."""
+
+    __slots__ = ("bands", "lists")
+
+    def __init__(self, bands: int) -> None:
+        self.bands = bands
+        self.lists: dict[tuple[int, int], list[list[Key]]] = {}
+
+    def add(self, gpu: _Gpu) -> None:
+        assert gpu.key is not None
+        bisect.insort(self.lists.setdefault(gpu.slot[0], [[] for _ in range(self.bands)])[gpu.slot[1]], gpu.key)
+
+    def remove(self, gpu: _Gpu) -> None:
+        assert gpu.key is not None
+        index = self.lists[gpu.slot[0]][gpu.slot[1]]
+        del index[bisect.bisect_left(index, gpu.key)]
+
+    def capable(self, min_capability: tuple[int, int]) -> list[list[list[Key]]]:
+        return [bands for capability, bands in self.lists.items() if capability >= min_capability]
 
 
 class _Node:
-    __slots__ = ("cached", "cpus", "cpus_promised", "gpus", "labels", "models", "name", "ordinal",
+    __slots__ = ("cached", "cpus", "cpus_promised", "gpus", "kth", "labels", "max_free", "models", "name", "ordinal",
                  "reachable", "read_at")
 
     def __init__(self, reading: NodeReading, ordinal: int) -> None:
@@ -65,15 +101,22 @@ class _Node:
         self.cached: frozenset[str] = frozenset()
         self.models: Counter[str] = Counter()
         self.gpus: list[_Gpu] = []
+        self.max_free = -1  # the most effective free memory of any indexed GPU: first fit skips full nodes
+        self.kth: dict[int, tuple[int, int]] = {}  # k -> its entry in ClusterState._kth[k]
+
+    def indexed_frees(self) -> list[int]:
+        """Effective free memory of the GPUs that can take work, most first."""
+        return sorted((g.key[0] for g in self.gpus if g.key is not None), reverse=True)
 
 
 class _Gpu:
-    __slots__ = ("capability", "healthy", "key", "live_free", "mig", "models", "node", "ordinal",
-                 "promised_all", "promised_starting", "read_at", "sleeping", "starting", "total", "utilization",
+    __slots__ = ("capability", "healthy", "key", "live_free", "mig", "models", "node", "order", "ordinal",
+                 "promised_all", "promised_starting", "read_at", "sleeping", "slot", "starting", "total", "utilization",
                  "uuid")
 
     def __init__(self, reading: GpuReading, node: _Node, ordinal: int) -> None:
         self.ordinal = ordinal
+        self.order = _tie_order(ordinal)
         self.uuid = reading.uuid
         self.node = node
         self.promised_all = 0
@@ -81,7 +124,8 @@ class _Gpu:
         self.starting = 0
         self.models: Counter[str] = Counter()
         self.sleeping: dict[str, tuple[str, int]] = {}  # version -> (replica_id, bytes held)
-        self.key: Key | None = None
+        self.key: Key | None = None  # None: not in the indexes (unhealthy, MIG, starting, unreachable)
+        self.slot: tuple[tuple[int, int], int] = ((0, 0), 0)  # (capability, band) of the lists it is in
         self.read(reading)
 
     def read(self, reading: GpuReading) -> None:
@@ -101,9 +145,21 @@ class ClusterState:
         self.policy = policy or Policy()
         self._nodes: dict[str, _Node] = {}
         self._gpus: dict[str, _Gpu] = {}
-        self._by_ordinal: dict[int, _Gpu] = {}
-        self._index: list[Key] = []  # every GPU that can take work
-        self._local_index: dict[str, list[Key]] = {}  # version -> GPUs on nodes with its snapshot
+        self._by_order: dict[int, _Gpu] = {}
+        # Sorted lists by utilization band: band 0 is at or under the busy threshold (no penalty),
+        # then bands of _BAND_PERCENT each; a walk bounds each band by its least penalty.
+        threshold = self.policy.utilization_threshold_percent
+        hot_bands = math.floor((100.0 - threshold) / _BAND_PERCENT) + 1
+        self._band_top = [0.0] + [self._busy_penalty(threshold + i * _BAND_PERCENT) for i in range(hot_bands)]
+        self._index = _Index(len(self._band_top))  # every GPU that can take work
+        self._local_index: dict[str, _Index] = {}  # version -> those GPUs on nodes with its snapshot
+        self._cached_on: Counter[str] = Counter()  # version -> nodes holding its snapshot
+        self._cached_nodes: dict[str, set[str]] = {}  # version -> names of those nodes
+        # Multi-GPU replicas walk nodes: k -> sorted (k-th most free memory of a node's GPUs, node ordinal)
+        self._kth: dict[int, list[tuple[int, int]]] = {}
+        self._nodes_by_ordinal: dict[int, _Node] = {}
+        self._model_replicas: Counter[str] = Counter()  # model -> starting + ready replicas
+        self._capable: dict[tuple[tuple[int, int], tuple[tuple[str, str], ...]], int] = {}  # -> nodes
         self._replicas: dict[str, RunningReplica] = {}
         self._sleeping: dict[str, set[str]] = {}  # version -> sleeping replica ids
         self._next_node = 0
@@ -124,16 +180,18 @@ class ClusterState:
 
     def set_node(self, reading: NodeReading) -> None:
         """Add a node or replace its readings; GPUs missing from the reading are gone."""
+        self._capable.clear()
         node = self._nodes.get(reading.name)
         if node is None:
             node = self._nodes[reading.name] = _Node(reading, self._next_node)
+            self._nodes_by_ordinal[node.ordinal] = node
             self._next_node += 1
         node.labels, node.read_at, node.reachable, node.cpus = (
             reading.labels, reading.read_at, reading.reachable, reading.cpus)
         present = {g.uuid for g in reading.gpus}
         for gone in [g for g in node.gpus if g.uuid not in present]:
             self._unindex(gone)
-            del self._gpus[gone.uuid], self._by_ordinal[gone.ordinal]
+            del self._gpus[gone.uuid], self._by_order[gone.order]
         node.gpus = [g for g in node.gpus if g.uuid in present]
         for gpu_reading in reading.gpus:
             self.update_gpu(reading.name, gpu_reading)
@@ -148,7 +206,8 @@ class ClusterState:
         if gpu is None:
             gpu = _Gpu(reading, node, self._next_gpu)
             self._next_gpu += 1
-            self._gpus[gpu.uuid] = self._by_ordinal[gpu.ordinal] = gpu
+            self._gpus[gpu.uuid] = self._by_order[gpu.order] = gpu
+            self._capable.clear()
             node.gpus.append(gpu)
             for replica in self._replicas.values():
                 if gpu.uuid in replica.gpu_uuids:
@@ -168,17 +227,21 @@ class ClusterState:
     def set_cached_versions(self, node_name: str, versions: frozenset[str]) -> None:
         node = self._nodes[node_name]
         for version in node.cached - versions:
-            index = self._local_index[version]
+            local = self._local_index[version]
             for gpu in node.gpus:
                 if gpu.key is not None:
-                    del index[bisect.bisect_left(index, gpu.key)]
-            if not index:
-                del self._local_index[version]
+                    local.remove(gpu)
+            self._cached_on[version] -= 1
+            self._cached_nodes[version].discard(node.name)
+            if not self._cached_on[version]:
+                del self._local_index[version], self._cached_on[version], self._cached_nodes[version]
         for version in versions - node.cached:
-            index = self._local_index.setdefault(version, [])
+            local = self._local_index.setdefault(version, _Index(len(self._band_top)))
+            self._cached_on[version] += 1
+            self._cached_nodes.setdefault(version, set()).add(node.name)
             for gpu in node.gpus:
                 if gpu.key is not None:
-                    bisect.insort(index, gpu.key)
+                    local.add(gpu)
         node.cached = versions
 
     def add_replica(self, replica: RunningReplica) -> None:
@@ -209,6 +272,9 @@ class ClusterState:
             node.cpus_promised += sign * replica.cpus
             if replica.state in _COUNTS_FOR_AFFINITY:
                 node.models[replica.model] += sign
+                self._model_replicas[replica.model] += sign
+                if not node.models[replica.model]:
+                    del node.models[replica.model]
         if replica.state is ReplicaState.SLEEPING:
             sleepers = self._sleeping.setdefault(replica.version, set())
             (sleepers.add if sign > 0 else sleepers.discard)(replica.replica_id)
@@ -236,23 +302,53 @@ class ClusterState:
         margin = int(gpu.total * self.policy.memory_margin_fraction)
         return min(gpu.live_free - gpu.promised_starting, gpu.total - gpu.promised_all) - margin
 
+    def _refresh_node(self, node: _Node) -> None:
+        frees = node.indexed_frees()
+        node.max_free = frees[0] if frees else -1
+        for k, index in self._kth.items():
+            old = node.kth.pop(k, None)
+            if old is not None:
+                del index[bisect.bisect_left(index, old)]
+            if len(frees) >= k:
+                node.kth[k] = entry = (frees[k - 1], node.ordinal)
+                bisect.insort(index, entry)
+
+    def _kth_index(self, k: int) -> list[tuple[int, int]]:
+        index = self._kth.get(k)
+        if index is None:
+            index = self._kth[k] = []
+            for node in self._nodes.values():
+                frees = node.indexed_frees()
+                if len(frees) >= k:
+                    node.kth[k] = entry = (frees[k - 1], node.ordinal)
+                    index.append(entry)
+            index.sort()
+        return index
+
     def _unindex(self, gpu: _Gpu) -> None:
-        key = gpu.key
-        if key is None:
+        if gpu.key is None:
             return
-        del self._index[bisect.bisect_left(self._index, key)]
+        self._index.remove(gpu)
         for version in gpu.node.cached:
-            index = self._local_index[version]
-            del index[bisect.bisect_left(index, key)]
+            self._local_index[version].remove(gpu)
         gpu.key = None
+        self._refresh_node(gpu.node)
 
     def _reindex(self, gpu: _Gpu) -> None:
+        """Keep a GPU in the indexes while it can take work; a GPU with a replica starting
+        cannot (one model server starting per GPU), so walks never meet it."""
         self._unindex(gpu)
-        if gpu.healthy and not gpu.mig and gpu.node.reachable:
-            gpu.key = key = (self._effective_free(gpu), gpu.ordinal)
-            bisect.insort(self._index, key)
+        if gpu.healthy and not gpu.mig and not gpu.starting and gpu.node.reachable:
+            gpu.key = (self._effective_free(gpu), gpu.order)
+            over = gpu.utilization - self.policy.utilization_threshold_percent
+            # band i >= 1 holds [threshold + (i-1)*5%, threshold + i*5%): its least penalty is exact
+            # at its lower edge, where whole-percent readings often sit
+            band = min(len(self._band_top) - 1, math.floor(over / _BAND_PERCENT) + 1) if over > 0 else 0
+            gpu.slot = (gpu.capability, band)
+            self._index.add(gpu)
             for version in gpu.node.cached:
-                bisect.insort(self._local_index[version], key)
+                self._local_index[version].add(gpu)
+            self._refresh_node(gpu.node)
 
     # --- filters and scores, shared by the walk and the full evaluation -----------
 
@@ -303,14 +399,53 @@ class ClusterState:
         over = max(0.0, min(utilization, 100.0) - threshold) / (100.0 - threshold)
         return -self.policy.weight_utilization * over if over else 0.0
 
-    def score(self, node: _Node, gpus: list[_Gpu], request: ReplicaRequest) -> Placement:
-        """Score one candidate (a node and the GPUs it would give); filters are checked elsewhere."""
+    def _node_ok(self, node: _Node, request: ReplicaRequest, now: float) -> bool:
+        """node_failures(...) == [], without building the list (the walk's hot path)."""
+        if not node.reachable or now - node.read_at > self.policy.max_telemetry_age_s:
+            return False
+        if request.node_labels and any(node.labels.get(k) != v for k, v in request.node_labels.items()):
+            return False
+        return not (request.cpus and node.cpus and node.cpus - node.cpus_promised < request.cpus)
+
+    def _gpu_ok(self, gpu: _Gpu, request: ReplicaRequest, now: float) -> bool:
+        """gpu_failures(...) == [] for an indexed GPU (healthy, no MIG), without the list."""
+        if gpu.starting or now - gpu.read_at > self.policy.max_telemetry_age_s:
+            return False
+        if gpu.capability < request.min_compute_capability:
+            return False
+        room = request.gpu_memory_bytes + int(gpu.total * self.policy.memory_margin_fraction)
+        return gpu.live_free - gpu.promised_starting >= room and gpu.total - gpu.promised_all >= room
+
+    def _even_share(self, request: ReplicaRequest) -> int:
+        """Replicas of the model per node under an even spread over the nodes that could run it;
+        anti-affinity counts only replicas above it, so a model on every node is not penalized
+        everywhere. Capable: a GPU with the compute capability and the labels (cached by both)."""
+        key = (request.min_compute_capability, tuple(sorted(request.node_labels.items())))
+        capable = self._capable.get(key)
+        if capable is None:
+            capable = self._capable[key] = sum(
+                1 for n in self._nodes.values()
+                if all(n.labels.get(k) == v for k, v in key[1])
+                and any(g.capability >= key[0] for g in n.gpus)) if request.gpu_count else len(self._nodes)
+        return self._model_replicas.get(request.model, 0) // max(1, capable)
+
+    def _affinity_penalty(self, node: _Node, gpus: list[_Gpu], model: str, share: int) -> float:
         policy = self.policy
-        wakes = self._sleeper_on(gpus, request)
+        same_gpu = policy.penalty_same_gpu if any(g.models.get(model) for g in gpus) else 0.0
+        return policy.penalty_same_node * max(0, node.models.get(model, 0) - share) + same_gpu
+
+    def _terms(self, node: _Node, gpus: list[_Gpu], request: ReplicaRequest, share: int | None = None
+               ) -> tuple[float, float, float, float, Rung, str | None]:
+        """The four weighted terms, the rung and the sleeper woken, for one candidate."""
+        policy = self.policy
+        wakes = self._sleeper_on(gpus, request) if gpus else None
         fit = utilization = 0.0
         if gpus:
-            frees = [self._effective_free(g) + (g.sleeping[request.version][1] if wakes else 0) for g in gpus]
-            fit = min(self._fit(free, request.gpu_memory_bytes) for free in frees)
+            need = request.gpu_memory_bytes
+            if wakes is None:
+                fit = min(self._fit(self._effective_free(g), need) for g in gpus)
+            else:
+                fit = min(self._fit(self._effective_free(g) + g.sleeping[request.version][1], need) for g in gpus)
             utilization = self._busy_penalty(sum(g.utilization for g in gpus) / len(gpus))
         if wakes is not None:
             rung = Rung.SLEEPING
@@ -318,14 +453,16 @@ class ClusterState:
             rung = Rung.LOCAL_SNAPSHOT
         else:
             rung = self._generic_rung(request.version)
-        if any(g.models.get(request.model) for g in gpus):
-            affinity = -policy.penalty_same_gpu
-        elif node.models.get(request.model):
-            affinity = -policy.penalty_same_node
-        else:
-            affinity = 0.0
-        terms = ScoreTerms(policy.weight_memory_fit * fit, utilization, policy.rung_points(rung), affinity)
-        return Placement(node.name, tuple(g.uuid for g in gpus), rung, terms, wakes)
+        penalty = self._affinity_penalty(node, gpus, request.model,
+                                         self._even_share(request) if share is None else share)
+        affinity = -penalty if penalty else 0.0
+        return policy.weight_memory_fit * fit, utilization, policy.rung_points(rung), affinity, rung, wakes
+
+    def score(self, node: _Node, gpus: list[_Gpu], request: ReplicaRequest) -> Placement:
+        """Score one candidate (a node and the GPUs it would give); filters are checked elsewhere."""
+        fit, utilization, locality, affinity, rung, wakes = self._terms(node, gpus, request)
+        return Placement(node.name, tuple(g.uuid for g in gpus), rung,
+                         ScoreTerms(fit, utilization, locality, affinity), wakes)
 
     def _sleeper_on(self, gpus: list[_Gpu], request: ReplicaRequest) -> str | None:
         """The sleeping instance of this version that holds exactly these GPUs, if any."""
@@ -335,7 +472,7 @@ class ClusterState:
         replica_id = sleepers.pop()
         return replica_id if len(self._replicas[replica_id].gpu_uuids) == len(gpus) else None
 
-    def _sleeper_candidates(self, request: ReplicaRequest, now: float) -> list[tuple[Placement, int]]:
+    def _sleeper_candidates(self, request: ReplicaRequest, now: float) -> list[tuple[Placement, Rank]]:
         """Waking a sleeping instance of this version, where its GPUs pass every filter."""
         found = []
         for replica_id in sorted(self._sleeping.get(request.version, ())):
@@ -347,11 +484,18 @@ class ClusterState:
             if self.node_failures(node, request, now) or any(self.gpu_failures(g, request, now, wake=True)
                                                              for g in gpus):
                 continue
-            found.append((self.score(node, gpus, request), gpus[0].ordinal if len(gpus) == 1 else node.ordinal))
+            found.append((self.score(node, gpus, request), self._rank(gpus)))
         return found
 
+    def _rank(self, gpus: list[_Gpu]) -> Rank:
+        keys = [(self._effective_free(g), g.order) for g in gpus]
+        if self.policy.strategy is Strategy.SPREAD:
+            return min(keys)
+        free, order = max(keys)
+        return (-free, -order)
+
     def _generic_rung(self, version: str) -> Rung:
-        return Rung.PEER_SNAPSHOT if version in self._local_index else Rung.ORIGIN
+        return Rung.PEER_SNAPSHOT if self._cached_on.get(version) else Rung.ORIGIN
 
     def _pick_on_node(self, node: _Node, request: ReplicaRequest, now: float) -> list[_Gpu] | None:
         """The k GPUs a node would give, in the strategy's order; None if it has fewer eligible."""
@@ -363,32 +507,36 @@ class ClusterState:
         if self.policy.strategy is Strategy.FIRST_FIT:
             eligible.sort(key=lambda g: g.ordinal)
         else:
-            eligible.sort(key=lambda g: (self._effective_free(g), g.ordinal),
+            eligible.sort(key=lambda g: (self._effective_free(g), g.order),
                           reverse=self.policy.strategy is Strategy.SPREAD)
         return eligible[: request.gpu_count]
 
     # --- deciding -------------------------------------------------------------------
 
-    def place(self, request: ReplicaRequest, now: float) -> Placement | NoFit:
+    def place(self, request: ReplicaRequest, now: float, count_refusals: bool = True) -> Placement | NoFit:
+        """The best candidate, or NoFit. `count_refusals=False` skips the full pass that counts
+        which filter failed where (the simulation's refusals need only the fact)."""
         if request.gpu_count == 0:
-            candidates = [(self.score(n, [], request), n.ordinal) for n in self._nodes.values()
+            candidates = [(self.score(n, [], request), (0, -n.ordinal)) for n in self._nodes.values()
                           if not self.node_failures(n, request, now)]
             if not candidates:
-                return self.no_fit(request, now)
+                return self.no_fit(request, now) if count_refusals else NoFit({}, 0, "nothing fits")
             if self.policy.strategy is Strategy.FIRST_FIT:
-                return min(candidates, key=lambda c: c[1])[0]
-            return max(candidates, key=lambda c: (c[0].score, -c[1]))[0]
+                return max(candidates, key=lambda c: c[1])[0]
+            return max(candidates, key=lambda c: (c[0].score, c[1]))[0]
         found = self._first_fit(request, now) if self.policy.strategy is Strategy.FIRST_FIT \
             else self._best(request, now)
-        return found if found is not None else self.no_fit(request, now)
+        if found is not None:
+            return found
+        return self.no_fit(request, now) if count_refusals else NoFit({}, 0, f"nothing fits {request.model}")
 
     def _first_fit(self, request: ReplicaRequest, now: float) -> Placement | None:
         need, k = request.gpu_memory_bytes, request.gpu_count
         sleepers = self._sleeper_candidates(request, now)
         if sleepers:  # waking beats starting, whatever the policy
-            return min(sleepers, key=lambda c: c[1])[0]
+            return min(sleepers, key=lambda c: self._gpus[c[0].gpu_uuids[0]].ordinal)[0]
         for node in self._nodes.values():
-            if len(node.gpus) < k or self.node_failures(node, request, now):
+            if node.max_free < need or self.node_failures(node, request, now):
                 continue
             chosen = []
             for gpu in node.gpus:
@@ -399,61 +547,126 @@ class ClusterState:
         return None
 
     def _best(self, request: ReplicaRequest, now: float) -> Placement | None:
-        best: list[tuple[tuple[float, int], Placement]] = []
-        for candidate, ordinal in self._sleeper_candidates(request, now):  # the highest points, few of them
-            self._consider(best, candidate, ordinal)
+        best: list[Any] = []  # [score, rank, node, gpus] of the best candidate so far
+        for candidate, rank in self._sleeper_candidates(request, now):  # the highest points, few of them
+            gpus = [self._gpus[u] for u in candidate.gpu_uuids]
+            self._consider(best, candidate.score, rank, self._nodes[candidate.node], gpus)
+        if request.gpu_count > 1:
+            self._best_on_nodes(request, now, best)
+            return self.score(best[2], best[3], request) if best else None
         policy = self.policy
         local = self._local_index.get(request.version)
+        budget = [policy.max_walk]  # GPUs this decision may walk past, over all lists
         if local:
-            self._walk(local, policy.points_local_snapshot, request, now, best)
-        self._walk(self._index, policy.rung_points(self._generic_rung(request.version)), request, now, best)
-        return best[0][1] if best else None
+            self._walk(local, policy.points_local_snapshot, request, now, best, budget, skip_cached=False)
+        self._walk(self._index, policy.rung_points(self._generic_rung(request.version)), request, now, best, budget,
+                   skip_cached=local is not None)
+        return self.score(best[2], best[3], request) if best else None
 
     @staticmethod
-    def _consider(best: list[tuple[tuple[float, int], Placement]], candidate: Placement, ordinal: int) -> None:
-        key = (candidate.score, -ordinal)
+    def _consider(best: list[Any], score: float, rank: Rank, node: _Node, gpus: list[_Gpu]) -> None:
         if not best:
-            best.append((key, candidate))
-        elif key > best[0][0]:
-            best[0] = (key, candidate)
+            best.extend((score, rank, node, gpus))
+        elif (score, rank) > (best[0], best[1]):
+            best[:] = (score, rank, node, gpus)
 
-    def _walk(self, index: list[Key], points: float, request: ReplicaRequest, now: float,
-              best: list[tuple[tuple[float, int], Placement]]) -> None:
-        """Walk one sorted list from the first GPU with enough memory, in the strategy's order,
-        until no GPU further on can beat the best so far (its bound: fit here + `points`)."""
-        need, k, weight = request.gpu_memory_bytes, request.gpu_count, self.policy.weight_memory_fit
-        start = bisect.bisect_left(index, (need, -1))
+    def _walk(self, index: _Index, points: float, request: ReplicaRequest, now: float,
+              best: list[Any], budget: list[int], skip_cached: bool) -> None:
+        """Walk sorted lists from the first GPU with enough memory, in the strategy's order, until
+        no GPU further on can beat the best so far. A GPU's bound is its memory fit + its band's
+        least penalty + `points`, summed like a score so float rounding keeps bound >= score; at
+        a bound equal to the best score, a GPU ranked below the best ends the walk too, since
+        every later one ranks lower still. `skip_cached`: GPUs on nodes holding the version's
+        snapshot were walked already. Once a candidate is found, `budget` caps the walk."""
+        need, weight, version = request.gpu_memory_bytes, self.policy.weight_memory_fit, request.version
+        spread = self.policy.strategy is Strategy.SPREAD
+        reference = self._reference_bytes
+        model, share = request.model, self._even_share(request)
+        per_node, same_gpu = self.policy.penalty_same_node, self.policy.penalty_same_gpu
+        by_order = self._by_order
+
+        def rank(key: Key) -> Rank:
+            return key if spread else (-key[0], -key[1])
+
+        def keys(keys_sorted: list[Key]) -> Iterable[Key]:
+            start = bisect.bisect_left(keys_sorted, (need, -1))
+            positions = range(len(keys_sorted) - 1, start - 1, -1) if spread else range(start, len(keys_sorted))
+            return (keys_sorted[i] for i in positions)
+
+        capable = index.capable(request.min_compute_capability)
+        if request.gpu_count == 1:
+            for bands in capable:
+                for band, keys_sorted in enumerate(bands):
+                    top = self._band_top[band]
+                    for key in keys(keys_sorted):
+                        gpu = by_order[key[1]]
+                        if best:
+                            budget[0] -= 1
+                            if budget[0] < 0:
+                                return
+                            # _fit, inlined: the same float operations, so the same value
+                            leftover = (key[0] - need) / reference
+                            bound = weight * (leftover if spread else 1.0 - leftover) + top + points + 0.0
+                            if bound < best[0] or (bound == best[0] and rank(key) < best[1]):
+                                break
+                            # anti-affinity is known before scoring: skip what it already rules out
+                            # (_affinity_penalty, inlined)
+                            on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
+                            if on_node > share or on_gpu:
+                                penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
+                                if bound - penalty < best[0]:
+                                    continue
+                        if skip_cached and version in gpu.node.cached:
+                            continue
+                        if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
+                            terms = self._terms(gpu.node, [gpu], request, share)
+                            self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node,
+                                           [gpu])
+            return
+
+    def _best_on_nodes(self, request: ReplicaRequest, now: float, best: list[Any]) -> None:
+        """Several GPUs per replica: score whole nodes, those holding the version's snapshot
+        first, then the nodes whose k-th freest GPU has room, tightest first for pack. Exact
+        while the candidates fit in max_walk / 64 nodes; after that, the best of those."""
+        k, share, need = request.gpu_count, self._even_share(request), request.gpu_memory_bytes
+        budget = max(1, self.policy.max_walk // 64)
+        index = self._kth_index(k)
+        start = bisect.bisect_left(index, (request.gpu_memory_bytes, -1))
         spread = self.policy.strategy is Strategy.SPREAD
         positions = range(len(index) - 1, start - 1, -1) if spread else range(start, len(index))
-        collected: dict[int, list[_Gpu]] = {}
-        for i in positions:
-            free, ordinal = index[i]
-            if best and ScoreTerms(weight * self._fit(free, need), 0.0, points, 0.0).total < best[0][0][0]:
-                return  # the same expression as a score, so float rounding keeps bound >= score
-            gpu = self._by_ordinal[ordinal]
-            if self.gpu_failures(gpu, request, now) or self.node_failures(gpu.node, request, now):
+        local = sorted(self._cached_nodes.get(request.version, ()))
+        nodes = itertools.chain((self._nodes[n] for n in local), (self._nodes_by_ordinal[index[i][1]] for i in positions))
+        for node in nodes:
+            if best:
+                budget -= 1
+                if budget < 0:
+                    return
+            if not self._node_ok(node, request, now):
                 continue
-            if k == 1:
-                self._consider(best, self.score(gpu.node, [gpu], request), ordinal)
+            # _pick_on_node's choice, from the indexes: an eligible GPU is an indexed one that passes _gpu_ok
+            eligible = [g for g in node.gpus if g.key is not None and g.key[0] >= need and self._gpu_ok(g, request, now)]
+            if len(eligible) < k:
                 continue
-            group = collected.setdefault(gpu.node.ordinal, [])
-            group.append(gpu)
-            if len(group) == k:
-                self._consider(best, self.score(gpu.node, group, request), gpu.node.ordinal)
+            eligible.sort(key=lambda g: g.key, reverse=spread)  # type: ignore[arg-type, return-value]
+            picked = eligible[:k]
+            if self._sleeper_on(picked, request) is not None:
+                continue  # waking a sleeper was scored already
+            terms = self._terms(node, picked, request, share)
+            self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], self._rank(picked), node, picked)
 
     # --- the full evaluation: explain, NoFit, and the tests' reference ---------------
 
     def evaluate_all(self, request: ReplicaRequest, now: float) -> tuple[list[Placement], Counter[str], int]:
         """Every candidate scored, best first, and how many GPUs failed each filter."""
         failures: Counter[str] = Counter()
-        ranked: list[tuple[Placement, int]] = []
+        ranked: list[tuple[Placement, Rank]] = []
         considered = 0
         for node in self._nodes.values():
             node_failed = self.node_failures(node, request, now)
             if request.gpu_count == 0:
                 failures.update(node_failed)
                 if not node_failed:
-                    ranked.append((self.score(node, [], request), node.ordinal))
+                    ranked.append((self.score(node, [], request), (0, -node.ordinal)))
                 continue
             eligible = []
             for gpu in node.gpus:
@@ -463,21 +676,22 @@ class ClusterState:
                 if not failed:
                     eligible.append(gpu)
             if request.gpu_count == 1:
-                ranked.extend((self.score(node, [g], request), g.ordinal) for g in eligible
+                ranked.extend((self.score(node, [g], request), self._rank([g])) for g in eligible
                               if self._sleeper_on([g], request) is None)
             elif len(eligible) >= request.gpu_count:
                 picked = self._pick_on_node(node, request, now)
                 assert picked is not None
                 if self._sleeper_on(picked, request) is None:
-                    ranked.append((self.score(node, picked, request), node.ordinal))
+                    ranked.append((self.score(node, picked, request), self._rank(picked)))
             elif eligible:
                 failures[TOO_FEW] += 1
         if request.gpu_count:
             ranked.extend(self._sleeper_candidates(request, now))
-        if self.policy.strategy is Strategy.FIRST_FIT:
-            ranked.sort(key=lambda c: (c[0].wakes is None, c[1]))
+        if self.policy.strategy is Strategy.FIRST_FIT:  # inventory order, waking a sleeper first
+            ranked.sort(key=lambda c: (c[0].wakes is None, min(self._gpus[u].ordinal for u in c[0].gpu_uuids)
+                                       if c[0].gpu_uuids else -c[1][1]))
         else:
-            ranked.sort(key=lambda c: (-c[0].score, c[1]))
+            ranked.sort(key=lambda c: (c[0].score, c[1]), reverse=True)
         return [c for c, _ in ranked], failures, considered
 
     def no_fit(self, request: ReplicaRequest, now: float) -> NoFit:

@@ -6,13 +6,22 @@ Endpoints are sync on purpose: FastAPI runs them in its threadpool, off the even
 """
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from ..auth import AuthError, Conflict, NotFound
+from .body import check_name
 from .deps import api_error, require_admin
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+# USD; a bound far above any real balance that keeps micro-USD inside a 64-bit integer.
+MAX_CREDITS = 1e12
+
+
+def _usd(description: str, default: object = ...) -> Any:
+    return Field(default, ge=-MAX_CREDITS, le=MAX_CREDITS, allow_inf_nan=False, description=description)
 
 
 def _gw(request: Request):
@@ -28,16 +37,16 @@ def _fail(request: Request, exc: Exception):
 class TenantIn(BaseModel):
     id: str = Field(description="slug: a-z 0-9 _ . -")
     name: str | None = None
-    credits: float | None = Field(None, description="starting balance in USD; omit for unlimited")
+    credits: float | None = _usd("starting balance in USD; omit for unlimited", None)
 
 
 class CreditsSet(BaseModel):
-    balance: float | None = Field(description="USD; null = unlimited")
+    balance: float | None = _usd("USD; null = unlimited")
     reset_reserved: bool = False
 
 
 class CreditsAdd(BaseModel):
-    amount: float
+    amount: float = _usd("USD to add (negative: to take away)")
 
 
 def _tenant(request: Request, tenant) -> dict:
@@ -46,6 +55,8 @@ def _tenant(request: Request, tenant) -> dict:
 
 @router.post("/tenants", status_code=201)
 def create_tenant(body: TenantIn, request: Request) -> dict:
+    check_name(request, "id", body.id)
+    check_name(request, "name", body.name)
     try:
         tenant = _gw(request).auth.create_tenant(body.id, body.name)
     except AuthError as exc:
@@ -95,6 +106,8 @@ class KeyIn(BaseModel):
 
 @router.post("/keys", status_code=201)
 def create_key(body: KeyIn, request: Request) -> dict:
+    check_name(request, "tenant_id", body.tenant_id)
+    check_name(request, "name", body.name)
     try:
         info, plaintext = _gw(request).auth.create_key(body.tenant_id, body.name, body.admin, body.rpm, body.tpm)
     except AuthError as exc:
@@ -132,6 +145,8 @@ class SecretIn(BaseModel):
 
 @router.put("/providers/{name}")
 def set_secret(name: str, body: SecretIn, request: Request) -> dict:
+    check_name(request, "name", name)
+    check_name(request, "tenant_id", body.tenant_id)
     try:
         return _gw(request).auth.set_provider_secret(body.tenant_id, name, body.value)
     except AuthError as exc:

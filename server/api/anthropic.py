@@ -2,45 +2,49 @@
 Clients authenticate with `x-api-key: <gateway key>`, as the Anthropic SDK sends it."""
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
+from server.api.body import read_body, validate
 from server.api.deps import error_response
-from server.app import read_body
-from server.streams import Event, Relay
-from server.translate.anthropic import (OpenAIToAnthropicStream, anthropic_to_openai_request,
-                                        openai_to_anthropic_response)
+from server.providers import UpstreamError
+from server.redact import redact
+from server.relays import AnthropicRelay
+from server.translate.anthropic import (
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+)
+from server.usage import estimate_input
 from server.wire.anthropic import MessagesRequest
 
 router = APIRouter()
 
 
-class AnthropicRelay(Relay):
-    """Canonical chunks -> Anthropic events; a failure after the first token ends with `event: error`."""
-    format = "anthropic"
-
-    def __init__(self, model: str) -> None:
-        super().__init__()
-        self.translator = OpenAIToAnthropicStream(model)
-
-    def tag(self, event: str | None, data: Any, stream_id: str) -> Any:
-        """The stream id goes in message_start's `message` (the SDKs keep its unknown fields)."""
-        if event == "message_start" and isinstance(data, dict) and isinstance(data.get("message"), dict):
-            return {**data, "message": {**data["message"], "cogkit_stream_id": stream_id}}
-        return super().tag(event, data, stream_id)
-
-    def events(self, chunk: dict) -> list[Event]:
-        self.observe(chunk)
-        return self.translator.feed(chunk)
-
-    def end(self) -> list[Event]:
-        return self.translator.finish()
-
-    def fail(self, message: str, kind: str) -> list[Event]:
-        etype = "overloaded_error" if kind == "timeout" else "api_error"
-        return self.translator.finish({"type": etype, "message": message})
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    """Input tokens of a Messages request, for any model: passed through to an Anthropic deployment,
+    else the provider's own count where it offers one (Gemini's countTokens), else the gateway's
+    estimate (CHARS_PER_TOKEN characters per token of the JSON of the messages, as for credit holds).
+    `x-cogkit-token-count` says which: "provider" or "estimate"."""
+    gw = request.app.state.gateway
+    key = await gw.authenticate(request)
+    body = await read_body(request)
+    validate(request, MessagesRequest, {"max_tokens": 1, **body})     # max_tokens is not sent to count_tokens
+    canonical = anthropic_to_openai_request({"max_tokens": 1, **body})
+    call = gw.new_call(request, "count_tokens", body["model"], key, body, False)
+    for target in call.resolved.targets:
+        provider = gw.providers[target.provider]
+        try:
+            counted = await provider.count_tokens(canonical, target.upstream_model, provider.timeouts,
+                                                  body if provider.kind == "anthropic" else None)
+        except UpstreamError as e:
+            if not e.retryable:
+                return error_response(request, e.client_status(), redact(e.message, provider.secrets()))
+            continue                # this deployment cannot count now: the next one, or the estimate
+        if counted is not None:
+            return JSONResponse({"input_tokens": counted},
+                                headers={"x-cogkit-token-count": "provider", "x-cogkit-provider": target.provider})
+    return JSONResponse({"input_tokens": estimate_input(canonical)}, headers={"x-cogkit-token-count": "estimate"})
 
 
 @router.post("/v1/messages")

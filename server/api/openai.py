@@ -2,49 +2,15 @@
 Clients authenticate with `Authorization: Bearer <gateway key>`, as the OpenAI SDK sends it."""
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.app import read_body
+from server.api.body import read_body
 from server.api.deps import error_response
-from server.streams import Event, Relay
+from server.relays import OpenAIRelay
 from server.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 router = APIRouter()
-
-
-class OpenAIRelay(Relay):
-    """Canonical chunks pass through as they are; `data: [DONE]` at the end. A failure after the
-    first token ends the stream with a chunk whose finish_reason is "error" and an `error` object."""
-    format = "openai"
-
-    def __init__(self, include_usage: bool, completion: bool = False) -> None:
-        super().__init__()
-        self.include_usage, self.completion = include_usage, completion
-        self.id, self.model, self.created = "", "", int(time.time())
-
-    def events(self, chunk: dict) -> list[Event]:
-        self.observe(chunk)
-        if not self.id:
-            self.id, self.model, self.created = chunk.get("id", ""), chunk.get("model", ""), chunk.get("created", 0)
-        if not chunk.get("choices") and chunk.get("usage") and not self.include_usage:
-            return []   # the usage chunk we asked for; a client that didn't would trip on `choices: []`
-        return [(None, chunk)]
-
-    def end(self) -> list[Event]:
-        return [(None, "[DONE]")]
-
-    def fail(self, message: str, kind: str) -> list[Event]:
-        choice = ({"index": 0, "text": "", "logprobs": None, "finish_reason": "error"} if self.completion
-                  else {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "error"})
-        chunk = {"id": self.id, "object": "text_completion" if self.completion else "chat.completion.chunk",
-                 "created": self.created, "model": self.model, "choices": [choice],
-                 "error": {"message": message, "type": "upstream_error", "code": kind}}
-        if self.include_usage and self.usage:
-            chunk["usage"] = self.usage
-        return [(None, chunk), (None, "[DONE]")]
 
 
 async def _openai_call(request: Request, endpoint: str, wire: type) -> Response:

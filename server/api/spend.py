@@ -10,7 +10,7 @@ the OpenAI error format with `param` set.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Request
 
@@ -31,7 +31,7 @@ def parse_time(request: Request, param: str) -> datetime | None:
     if raw is None or raw == "":
         return None
     try:
-        value = datetime.fromtimestamp(float(raw), timezone.utc)
+        value = datetime.fromtimestamp(float(raw), UTC)
     except ValueError:
         try:
             value = datetime.fromisoformat(raw.replace(" ", "+") if "T" in raw else raw)  # '+' arrives as ' '
@@ -39,7 +39,7 @@ def parse_time(request: Request, param: str) -> datetime | None:
             raise _bad(request, param, "expected an ISO 8601 date or datetime, or unix seconds") from None
     except (OverflowError, OSError):
         raise _bad(request, param, "out of range") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @router.get("/v1/spend")

@@ -35,7 +35,9 @@ async def resume(request: Request, stream_id: str) -> Response:
     if where == "local":
         body = gw.streams.follow(obj, start)
     else:
-        body = gw.streams.follow_store(stream_id, start, gw.config.timeouts.idle * 2)
+        # Waits long enough for a dead owner's stream to be settled (server/recovery.py) rather than cut.
+        wait = max(gw.config.timeouts.idle * 2, gw.config.streams.lease * 2)
+        body = gw.streams.follow_store(stream_id, start, wait)
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"x-cogkit-stream-id": stream_id, "cache-control": "no-cache"})
 

@@ -30,6 +30,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from server.api.deps import ApiError
+from server.status import CANCELED, ERROR, OK, Status
+from server.usage import of_metrics
 from server.catalog import Target, UnknownModel
 from server.platform.api_models import json_body, problem
 from server.platform.predictions import TERMINAL, WEBHOOK_EVENTS, Prediction, new_id
@@ -82,7 +84,7 @@ async def _create(request: Request, model_string: str) -> Response:
         return JSONResponse({"detail": e.message, "status": 422, "title": "Input validation failed",
                              "invalid_fields": [{"type": "invalid", "field": e.field or "input",
                                                  "description": e.message}]}, status_code=422)
-    await gw.admit(call, key, inputs)
+    await gw.admission.admit(call, key, inputs)
     call.target = Target(PROVIDER, call.resolved.targets[0].upstream_model)
     call.attempted.append(PROVIDER)
     p = Prediction(new_id(), key.tenant_id, version.model_name, version.id, call.resolved.targets[0].upstream_model,
@@ -90,14 +92,13 @@ async def _create(request: Request, model_string: str) -> Response:
     call.metadata["prediction_id"] = p.id
 
     def on_end(done: Prediction) -> None:
-        from server.app import usage_of
-        call.input_tokens, call.output_tokens = usage_of({"metrics": done.metrics})
+        call.input_tokens, call.output_tokens = of_metrics(done.metrics) or (0, 0)
         if done.metrics.get("predict_time") is not None:
             call.metadata["predict_time"] = done.metrics["predict_time"]
         if done.metrics.get("cold_start_time") is not None:
             call.metadata["cold_start_ms"] = round(done.metrics["cold_start_time"] * 1000)
-        status = {"succeeded": "ok", "canceled": "canceled"}.get(done.status, "error")
-        gw.finish(call, key, status, done.error)
+        status: Status = {"succeeded": OK, "canceled": CANCELED}.get(done.status, ERROR)
+        gw.billing.finish(call, key, status, done.error)
 
     base = _base_url(request)
     runner = gw.platform.predictions

@@ -26,6 +26,9 @@ class ManagedProvider(Provider):
         super().__init__(ProviderConfig(name=PROVIDER, kind="platform", base_url="http://replicas"), timeouts)
         self.platform = platform
 
+    async def _headers(self) -> dict[str, str]:
+        return {}                          # replicas are reached through the platform, not by key
+
     def _version(self) -> Version | None:
         call = CURRENT_CALL.get()
         version_id = call.resolved.version if call is not None and call.resolved is not None else None

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.config import Timeouts
 from server.providers.base import Provider
-from server.translate.anthropic import (AnthropicToOpenAIStream, anthropic_to_openai_response,
-                                        openai_to_anthropic_request)
+from server.translate.anthropic import (
+    AnthropicToOpenAIStream,
+    anthropic_to_openai_response,
+    openai_to_anthropic_request,
+)
+
+# The fields of a request that count_tokens takes (max_tokens, stream, ... are refused there).
+COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 
 
 class AnthropicProvider(Provider):
@@ -25,13 +31,24 @@ class AnthropicProvider(Provider):
             headers["x-api-key"] = key
         return headers
 
+    async def count_tokens(self, req: dict, model: str, t: Timeouts, anthropic_body: dict | None = None) -> int | None:
+        """POST /v1/messages/count_tokens: the client's own body passed through when it is an Anthropic one."""
+        if anthropic_body is not None:
+            body = {**anthropic_body, "model": model}
+        else:
+            body = openai_to_anthropic_request({**req, "stream": False}, model)
+        body = {k: v for k, v in body.items() if k in COUNTED}
+        resp = await self.post_json(self.url + "/count_tokens", body, await self._headers(), t)
+        count = resp.get("input_tokens")
+        return count if isinstance(count, int) else None
+
     async def chat(self, req: dict, model: str, t: Timeouts) -> dict:
         body = openai_to_anthropic_request({**req, "stream": False}, model)
         body.pop("stream", None)
         resp = await self.post_json(self.url, body, await self._headers(), t)
         return anthropic_to_openai_response(resp, req.get("model") or model)
 
-    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         body = {**openai_to_anthropic_request(req, model), "stream": True}
         translator = AnthropicToOpenAIStream(req.get("model") or model, "chatcmpl-" + uuid.uuid4().hex[:24])
         async for chunk in self.translated_stream(self.url, body, translator, t):

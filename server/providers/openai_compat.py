@@ -2,10 +2,10 @@
 `base_url` includes the version prefix, as in the OpenAI SDK: `https://api.openai.com/v1`."""
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.config import Timeouts
+from server.jsonio import loads
 from server.providers.base import Provider, UpstreamError
 
 
@@ -21,7 +21,7 @@ class OpenAICompatProvider(Provider):
         body.pop("stream_options", None)
         return await self.post_json(f"{self.base_url}/chat/completions", body, await self._headers(), t)
 
-    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    async def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         # Ask for the closing usage chunk: spend is billed from the provider's own count.
         options = {**(req.get("stream_options") or {}), "include_usage": True}
         body = {**req, "model": model, "stream": True, "stream_options": options}
@@ -33,7 +33,7 @@ class OpenAICompatProvider(Provider):
         body.pop("stream_options", None)
         return await self.post_json(f"{self.base_url}/completions", body, await self._headers(), t)
 
-    async def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    async def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         options = {**(req.get("stream_options") or {}), "include_usage": True}
         body = {**req, "model": model, "stream": True, "stream_options": options}
         async for chunk in self._chunks(f"{self.base_url}/completions", body, t):
@@ -42,7 +42,7 @@ class OpenAICompatProvider(Provider):
     async def embeddings(self, req: dict, model: str, t: Timeouts) -> dict:
         return await self.post_json(f"{self.base_url}/embeddings", {**req, "model": model}, await self._headers(), t)
 
-    async def _chunks(self, url: str, body: dict, t: Timeouts) -> AsyncIterator[dict]:
+    async def _chunks(self, url: str, body: dict, t: Timeouts) -> AsyncGenerator[dict, None]:
         finished = done = False
         async for _event, data in self.sse(url, body, await self._headers(), t):
             if done:
@@ -51,7 +51,7 @@ class OpenAICompatProvider(Provider):
                 done = finished = True
                 continue
             try:
-                chunk = json.loads(data)
+                chunk = loads(data)
             except ValueError as e:
                 raise UpstreamError(f"{self.name}: invalid JSON in stream", None, "stream") from e
             if chunk.get("error"):

@@ -3,7 +3,7 @@ Cog container). The model's own inputs go in as `{"input": ...}`; its output com
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from server.config import Timeouts
@@ -26,7 +26,7 @@ class PlatformProvider(Provider):
         _raise_if_failed(prediction)
         return prediction
 
-    async def run_stream(self, inputs: dict, model: str, t: Timeouts) -> AsyncIterator[tuple[str, Any]]:
+    async def run_stream(self, inputs: dict, model: str, t: Timeouts) -> AsyncGenerator[tuple[str, Any], None]:
         """("output", item) and ("logs", text) as the model makes them, then ("completed", prediction)."""
         url = f"{self.base_url}/predictions"
         completed = False

@@ -99,7 +99,31 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             data {blob} NOT NULL,
             PRIMARY KEY (stream_id, idx))""",
     ]),
-    (2, PLATFORM_MIGRATION),      # the platform's registry and deployments (server/platform/tables.py)
+    # Stream events in chunks (one row per flush per stream, not one per event); one spelling of
+    # the canceled status.
+    (2, [
+        """CREATE TABLE stream_chunks (
+            stream_id TEXT NOT NULL,
+            first_idx INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            sizes TEXT NOT NULL,
+            data {blob} NOT NULL,
+            PRIMARY KEY (stream_id, first_idx))""",
+        """INSERT INTO stream_chunks (stream_id, first_idx, count, sizes, data)
+            SELECT stream_id, idx, 1, CAST(LENGTH(data) AS TEXT), data FROM stream_events""",
+        "DROP TABLE stream_events",
+        "UPDATE streams SET status = 'canceled' WHERE status = 'cancelled'",
+    ]),
+    # The conversations behind the Responses API's previous_response_id.
+    (3, [
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            messages {json} NOT NULL,
+            created_at {ts} NOT NULL)""",
+        "CREATE INDEX conversations_created ON conversations (created_at)",
+    ]),
+    (4, PLATFORM_MIGRATION),      # the platform's registry and deployments (server/platform/tables.py)
 ]
 
 LATEST = MIGRATIONS[-1][0]

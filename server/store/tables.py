@@ -6,16 +6,15 @@ settle add up exactly; `usage.cost` is the float USD a request was billed.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Integer, LargeBinary,
-                        MetaData, Table, Text)
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, Integer, LargeBinary, MetaData, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -30,13 +29,13 @@ class UTCDateTime(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
-        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # JSONB on PostgreSQL so `metadata ->> 'name'` can be grouped on; JSON text on SQLite.
@@ -133,9 +132,22 @@ streams = Table(
     Column("finished_at", UTCDateTime),
 )
 
-stream_events = Table(
-    "stream_events", metadata,
+# The conversations behind previous_response_id (OpenAI Responses API), see server/conversations.py.
+conversations = Table(
+    "conversations", metadata,
+    Column("id", Text, primary_key=True),                    # the response id, resp_...
+    Column("tenant_id", Text, nullable=False),
+    Column("messages", JSONType, nullable=False),            # canonical messages, the answer last
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# A stream's events in chunks: whatever one flush had for the stream, one row (a row per event
+# was a quarter of the gateway's CPU under load). Chunks of one stream never overlap.
+stream_chunks = Table(
+    "stream_chunks", metadata,
     Column("stream_id", Text, primary_key=True),
-    Column("idx", Integer, primary_key=True),
-    Column("data", LargeBinary, nullable=False),
+    Column("first_idx", Integer, primary_key=True),          # the index of its first event
+    Column("count", Integer, nullable=False),                # events in it
+    Column("sizes", Text, nullable=False),                   # their lengths in bytes, comma separated
+    Column("data", LargeBinary, nullable=False),             # the events' bytes, back to back
 )

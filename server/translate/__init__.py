@@ -98,12 +98,20 @@ def openai_usage(prompt: int, completion: int, cached: int = 0, reasoning: int =
 
 
 from server.translate.anthropic import (  # noqa: E402  (re-exported for callers)
-    AnthropicToOpenAIStream, OpenAIToAnthropicStream, anthropic_to_openai_request,
-    anthropic_to_openai_response, openai_to_anthropic_request, openai_to_anthropic_response,
+    AnthropicToOpenAIStream,
+    OpenAIToAnthropicStream,
+    anthropic_to_openai_request,
+    anthropic_to_openai_response,
+    openai_to_anthropic_request,
+    openai_to_anthropic_response,
 )
 from server.translate.gemini import (  # noqa: E402
-    GeminiToOpenAIStream, OpenAIToGeminiStream, gemini_to_openai_request, gemini_to_openai_response,
-    openai_to_gemini_request, openai_to_gemini_response,
+    GeminiToOpenAIStream,
+    OpenAIToGeminiStream,
+    gemini_to_openai_request,
+    gemini_to_openai_response,
+    openai_to_gemini_request,
+    openai_to_gemini_response,
 )
 from server.translate.sse import SSEDecoder, encode_sse  # noqa: E402
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 import json
 
 from server.translate import (
-    ANTHROPIC_TO_OPENAI_STOP, OPENAI_TO_ANTHROPIC_STOP, StreamError, chunk, loads_args, new_id, now,
-    openai_usage, parse_data_url, text_of,
+    ANTHROPIC_TO_OPENAI_STOP,
+    OPENAI_TO_ANTHROPIC_STOP,
+    StreamError,
+    chunk,
+    loads_args,
+    new_id,
+    now,
+    openai_usage,
+    parse_data_url,
+    text_of,
 )
 
 DEFAULT_MAX_TOKENS = 4096    # Anthropic requires max_tokens; OpenAI clients often leave it out

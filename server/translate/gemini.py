@@ -7,8 +7,17 @@ from __future__ import annotations
 import json
 
 from server.translate import (
-    GEMINI_TO_OPENAI_STOP, OPENAI_TO_GEMINI_STOP, StreamError, chunk, guess_media_type, loads_args, new_id,
-    now, openai_usage, parse_data_url, text_of,
+    GEMINI_TO_OPENAI_STOP,
+    OPENAI_TO_GEMINI_STOP,
+    StreamError,
+    chunk,
+    guess_media_type,
+    loads_args,
+    new_id,
+    now,
+    openai_usage,
+    parse_data_url,
+    text_of,
 )
 
 # Gemini function `parameters` is an OpenAPI Schema subset: other JSON-Schema keys are a 400.

@@ -6,7 +6,14 @@ body gets a 422 that names the field. Use `model_dump(exclude_unset=True)` to ge
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A token count a client may ask for: an integer (not a bool, a float or a string), at least 1, and
+# bounded so that a credit reservation for it stays a sane number (2**31 - 1 is above every model's limit).
+MAX_TOKENS = 2**31 - 1
+TokenCount = Annotated[int, Field(strict=True, ge=1, le=MAX_TOKENS)]
 
 
 class Wire(BaseModel):
@@ -19,6 +26,6 @@ def tag(field: str, known: set[str], fallback: str = "other"):
 
     def pick(value) -> str:
         kind = value.get(field) if isinstance(value, dict) else getattr(value, field, None)
-        return kind if kind in known else fallback
+        return kind if isinstance(kind, str) and kind in known else fallback
 
     return pick

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag
 
-from server.wire import Wire, tag
+from server.wire import TokenCount, Wire, tag
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
                      "model_context_window_exceeded"]
@@ -102,7 +102,7 @@ class Metadata(Wire):
 class MessagesRequest(Wire):
     model: str
     messages: list[MessageParam]
-    max_tokens: int = Field(ge=1)
+    max_tokens: TokenCount
     system: str | list[TextBlock] | None = None
     stop_sequences: list[str] | None = None
     stream: bool | None = None

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag
 
-from server.wire import Wire, tag
+from server.wire import TokenCount, Wire, tag
 
 
 # ------------------------------------------------------------------ content parts
@@ -127,8 +127,8 @@ class ChatCompletionRequest(Wire):
     parallel_tool_calls: bool | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None              # deprecated by OpenAI, still widely sent
-    max_completion_tokens: int | None = None
+    max_tokens: TokenCount | None = None       # deprecated by OpenAI, still widely sent
+    max_completion_tokens: TokenCount | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
@@ -233,7 +233,7 @@ class ChatCompletionChunk(Wire):
 class CompletionRequest(Wire):
     model: str
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = None
+    max_tokens: TokenCount | None = None
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = None

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,7 +23,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.faults import (
-    WORD, DropConnection, FakeState, admin_routes, plan_reply, record, split_json, stream_guard, token_pause, tokens,
+    WORD,
+    DropConnection,
+    FakeState,
+    admin_routes,
+    plan_reply,
+    record,
+    split_json,
+    stream_guard,
+    token_pause,
+    tokens,
 )
 
 FAMILIES = ("claude-", "fake-")
@@ -36,7 +45,7 @@ def _rid(prefix: str) -> str:
 
 
 def _reset(seconds: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _headers(remaining: int = 3999, wait: float = 1) -> dict:

@@ -20,7 +20,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.faults import (
-    DropConnection, FakeState, admin_routes, plan_reply, record, stream_guard, token_pause, tokens,
+    DropConnection,
+    FakeState,
+    admin_routes,
+    plan_reply,
+    record,
+    stream_guard,
+    token_pause,
+    tokens,
 )
 
 FAMILIES = ("gemini-", "gemma-", "text-embedding-", "fake-")

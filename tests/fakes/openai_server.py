@@ -22,7 +22,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.faults import (
-    DropConnection, FakeState, admin_routes, plan_reply, record, split_json, stream_guard, token_pause, tokens,
+    DropConnection,
+    FakeState,
+    admin_routes,
+    plan_reply,
+    record,
+    split_json,
+    stream_guard,
+    token_pause,
+    tokens,
 )
 
 FAMILIES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "davinci", "babbage", "fake-")

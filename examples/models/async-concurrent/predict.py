@@ -1,12 +1,13 @@
 import asyncio
 
-from cog import AsyncConcatenateIterator, BasePredictor, Input, current_scope
+from cog import AsyncConcatenateIterator, BasePredictor, Input, current_scope, streaming
 
 
 class Predictor(BasePredictor):
     async def setup(self) -> None:
         self.prefix = ">"
 
+    @streaming  # lets clients ask for server-sent events (Accept: text/event-stream), as Cog requires
     async def predict(
         self,
         text: str = Input(description="Text to stream back"),

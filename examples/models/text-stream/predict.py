@@ -1,9 +1,10 @@
 import time
 
-from cog import BasePredictor, ConcatenateIterator, Input, emit_metric
+from cog import BasePredictor, ConcatenateIterator, Input, emit_metric, streaming
 
 
 class Predictor(BasePredictor):
+    @streaming  # lets clients ask for server-sent events (Accept: text/event-stream), as Cog requires
     def predict(
         self,
         prompt: str = Input(description="Text to echo back, word by word", min_length=1),

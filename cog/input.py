@@ -1,0 +1,2 @@
+"""`cog.input`."""
+from cogkit.sdk.types import FieldInfo, Input  # noqa: F401

@@ -1,0 +1,2 @@
+"""`cog.model`."""
+from cogkit.sdk.types import BaseModel  # noqa: F401

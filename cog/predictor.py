@@ -1,0 +1,2 @@
+"""`cog.predictor`."""
+from cogkit.sdk.predictor import BasePredictor, BaseRunner  # noqa: F401

@@ -1,0 +1,44 @@
+"""The conversations behind `previous_response_id` (OpenAI Responses API): each stored response's
+messages (canonical, without its instructions) and its answer, by response id and tenant. Kept in
+memory for this process (so the next turn finds it at once, even before the write lands) and in
+the store (so any replica finds it); a tenant never reads another's."""
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+MEMORY_ENTRIES = 10_000          # recent conversations kept in memory, at most
+
+Write = Callable[..., Awaitable[Any]]
+
+
+class Conversations:
+    def __init__(self, repo: Any, write: Write, retry_after: float = 0.2) -> None:
+        self.repo, self.write, self.retry_after = repo, write, retry_after
+        self._recent: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
+        self._writes: set[asyncio.Future[Any]] = set()
+
+    def remember(self, response_id: str, tenant_id: str, messages: list[dict[str, Any]]) -> None:
+        """Keep one (from the event loop, synchronously: usable by the next request at once)."""
+        self._recent[response_id] = (tenant_id, messages)
+        while len(self._recent) > MEMORY_ENTRIES:
+            self._recent.popitem(last=False)
+        task: asyncio.Future[Any] = asyncio.ensure_future(self.write(self.repo.save, response_id, tenant_id, messages))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def get(self, response_id: str, tenant_id: str) -> list[dict[str, Any]] | None:
+        hit = self._recent.get(response_id)
+        if hit is not None:
+            return hit[1] if hit[0] == tenant_id else None
+        found: list[dict[str, Any]] | None = await asyncio.to_thread(self.repo.get, response_id, tenant_id)
+        if found is None:       # perhaps its replica's write has not landed yet
+            await asyncio.sleep(self.retry_after)
+            found = await asyncio.to_thread(self.repo.get, response_id, tenant_id)
+        return found
+
+    async def close(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
