@@ -134,7 +134,7 @@ def test_anthropic_sdk_messages_reach_vllm(vllm_platform) -> None:
     client = vllm_platform.gw.anthropic(vllm_platform.key)
     with client.messages.stream(model=MODEL, max_tokens=16, system="You are a tiny random model.",
                                 messages=[{"role": "user", "content": "Say something long."}],
-                                temperature=0, extra_body={"ignore_eos": True}) as stream:
+                                extra_body={"temperature": 0, "ignore_eos": True}) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert final.usage.output_tokens == 16 and final.usage.input_tokens > 10
@@ -148,6 +148,94 @@ def test_bad_request_is_the_callers_error_and_leaves_replicas_alone(vllm_platfor
     assert 400 <= resp.status_code < 500, resp.text
     assert "max" in resp.text.lower() or "context" in resp.text.lower(), resp.text
     assert len(vllm_platform.healthy()) == 2
+
+
+def _prefix_cache(replicas: list[dict]) -> tuple[float, float]:
+    """(hits, queries) in tokens, summed over the replicas: vLLM's own prefix-cache counters."""
+    return (sum(engine_metric(r["url"], "vllm:prefix_cache_hits_total") for r in replicas),
+            sum(engine_metric(r["url"], "vllm:prefix_cache_queries_total") for r in replicas))
+
+
+def _rounds(send: Callable[[int, int, list[dict]], None], prompts: int, rounds: int) -> None:
+    """`rounds` times, every conversation's next question at once (as many users would)."""
+    from concurrent.futures import ThreadPoolExecutor
+    systems = [f"{uuid.uuid4().hex} " * 11 + f"You are assistant number {i}." for i in range(prompts)]
+    with ThreadPoolExecutor(prompts) as pool:
+        for r in range(rounds):
+            list(pool.map(lambda i: send(r, i, [{"role": "system", "content": systems[i]},
+                                                {"role": "user", "content": f"Question {r}?"}]), range(prompts)))
+
+
+def test_prefix_affinity_raises_vllms_prefix_cache_hit_rate(vllm_platform) -> None:
+    """Conversations sharing a long system prompt go back to the replica that holds it in its cache.
+    Without affinity (the same workload with fresh prompts, each request to either replica at
+    random, as prefix-blind least-loaded routing does with requests arriving together), fewer hit."""
+    import random
+    replicas = vllm_platform.wait_ready(2)
+    client = vllm_platform.gw.openai(vllm_platform.key)
+    prompts, rounds = 6, 3
+
+    def via_gateway(_r: int, _i: int, messages: list[dict]) -> None:
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, temperature=0)
+
+    hits0, queries0 = _prefix_cache(replicas)
+    _rounds(via_gateway, prompts, rounds)
+    hits1, queries1 = _prefix_cache(replicas)
+    with_affinity = (hits1 - hits0) / (queries1 - queries0)
+
+    pick = random.Random(11)
+
+    def blind(_r: int, _i: int, messages: list[dict]) -> None:
+        url = pick.choice(replicas)["url"]
+        body = {"model": "vt/tiny", "messages": messages, "max_tokens": 2, "temperature": 0}
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=120).status_code == 200
+
+    _rounds(blind, prompts, rounds)
+    hits2, queries2 = _prefix_cache(replicas)
+    without = (hits2 - hits1) / (queries2 - queries1)
+    print(f"vLLM prefix-cache hit rate: {with_affinity:.1%} with affinity, {without:.1%} without")
+    assert with_affinity > 0.5, with_affinity                    # rounds 2 and 3 hit their whole prefix
+    assert with_affinity > without + 0.1, (with_affinity, without)
+    metrics = vllm_platform.gw.metrics()
+    assert 'cogkit_vllm_prefix_affinity_total{deployment="vt/tiny",outcome="kept"}' in metrics
+    assert "cogkit_vllm_prefix_hit_rate{" in metrics and "cogkit_vllm_kv_cache_usage{" in metrics
+
+
+def test_cog_packaged_llm_streams_from_vllm_in_its_predictor(tmp_path) -> None:
+    """examples/models/cog-vllm's predictor on cogkit's runtime (locally: its image needs vLLM's CUDA
+    build), vLLM from its virtualenv: a streamed prediction with vLLM's token counts as metrics."""
+    from conftest import EXAMPLES, ModelServer
+    from vllm_support import VLLM_ARGS_CLI, vllm_python
+    missing = vllm_missing()
+    if missing:
+        pytest.skip(f"needs {missing}")
+    project = tmp_path / "cog-vllm"
+    project.mkdir()
+    (project / "predict.py").write_text((EXAMPLES / "cog-vllm" / "predict.py").read_text())
+    # The example's own cog.yaml, less the GPU build and vllm (here vLLM runs from its virtualenv).
+    (project / "cog.yaml").write_text('build:\n  python_version: "3.11"\n  python_packages: ["httpx>=0.27"]\n'
+                                      'predict: "predict.py:Predictor"\n')
+    env = {**VLLM_ENV, "COG_VLLM_MODEL": str(tiny_llama()), "COG_VLLM_PYTHON": str(vllm_python()),
+           "COG_VLLM_ARGS": " ".join(VLLM_ARGS_CLI)}
+    server = ModelServer(project, env=env)
+    try:
+        server.wait(timeout=900)
+        events: list[str] = []
+        with server.client.stream("POST", "/predictions", json={"input": {"prompt": "hello", "max_tokens": 12,
+                                                                          "temperature": 0}},
+                                  headers={"accept": "text/event-stream"}, timeout=300) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                events.append(line)
+        outputs = [json.loads(e[6:]) for e, prev in zip(events[1:], events, strict=False)
+                   if e.startswith("data: ") and prev == "event: output"]
+        completed = next(json.loads(e[6:]) for e, prev in zip(events[1:], events, strict=False)
+                         if prev == "event: completed")
+        assert completed["status"] == "succeeded", completed
+        assert len(outputs) >= 2 and "".join(outputs) == "".join(completed["output"])
+        assert completed["metrics"]["output_token_count"] == 12
+    finally:
+        server.close()
 
 
 def test_sigkill_mid_stream_continues_on_the_other_replica(vllm_platform) -> None:

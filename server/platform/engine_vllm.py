@@ -51,6 +51,9 @@ class VllmProvider(Provider):
                                  "Streams moved mid-answer to another replica, by outcome",
                                  ["deployment", "outcome"], registry=registry_metrics)
 
+    async def _headers(self) -> dict[str, str]:
+        return {}          # the replicas are the platform's own, on 127.0.0.1: no key
+
     async def aclose(self) -> None:
         await self.scraper.aclose()
         await super().aclose()
