@@ -41,6 +41,7 @@ from scheduler.replicas import ReplicaSet
 from scheduler.runtimes.base import (
     LABEL_DEPLOYMENT,
     LABEL_DEVICES,
+    LABEL_ENGINE,
     LABEL_NODE,
     LABEL_PLATFORM,
     LABEL_SPEC,
@@ -75,10 +76,15 @@ class DesiredDeployment:
     queue_limit: int = 64
     cold_start_timeout: float = 300.0
     setup_timeout: float = 600.0
+    engine: str = "cog"              # "cog": Cog's /health-check; "vllm": vLLM's OpenAI server (/health)
+    command: tuple[str, ...] = ()    # run this instead of an image (a local process; "{port}": its port)
 
     def spec_hash(self) -> str:
         """What a replica was started with: a change means replace its replicas."""
-        what = [self.image, dict(self.env), self.gpus, self.gpu_memory_bytes, self.cpus, self.memory_bytes]
+        what: list[Any] = [self.image, dict(self.env), self.gpus, self.gpu_memory_bytes, self.cpus,
+                           self.memory_bytes]
+        if self.command:
+            what.append(list(self.command))
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -232,7 +238,8 @@ class Controller:
 
     async def _check_health(self, name: str, spec: DesiredDeployment, state: DeploymentState) -> None:
         live = [t for t in state.tracked.values() if not t.stopping]
-        answers = await asyncio.gather(*(self._health(t.replica.url) for t in live))
+        answers = await asyncio.gather(*(self._health(t.replica.url, t.replica.labels.get(LABEL_ENGINE, "cog"))
+                                         for t in live))
         for tracked, health in zip(live, answers, strict=True):
             status = health.get("status")
             if status in ("READY", "BUSY"):
@@ -262,7 +269,12 @@ class Controller:
                                    f"not ready after {spec.setup_timeout:g}s (last status {status or 'no answer'})",
                                    None)
 
-    async def _health(self, url: str) -> dict[str, Any]:
+    async def _health(self, url: str, engine: str = "cog") -> dict[str, Any]:
+        if engine == "vllm":       # vLLM's server answers /health 200 once its engine is up
+            try:
+                return {"status": "READY"} if (await self._http.get(url + "/health")).status_code == 200 else {}
+            except httpx.HTTPError:
+                return {}
         try:
             body = (await self._http.get(url + "/health-check")).json()
             return body if isinstance(body, dict) else {}
@@ -327,8 +339,9 @@ class Controller:
                 name=f"cogkit-{slug}-{secrets.token_hex(3)}", image=spec.image, port=free_port(),
                 labels={LABEL_PLATFORM: self.instance, LABEL_DEPLOYMENT: name, LABEL_VERSION: spec.version_id,
                         LABEL_SPEC: spec.spec_hash(), LABEL_DEVICES: ",".join(choice.gpu_uuids),
-                        LABEL_NODE: choice.node},
-                env=spec.env, gpu_uuids=choice.gpu_uuids, cpus=spec.cpus, memory_bytes=spec.memory_bytes)
+                        LABEL_NODE: choice.node, LABEL_ENGINE: spec.engine},
+                env=spec.env, gpu_uuids=choice.gpu_uuids, cpus=spec.cpus, memory_bytes=spec.memory_bytes,
+                command=spec.command)
             try:
                 started = await asyncio.to_thread(self.runtime.start, replica_spec)
             except RuntimeError_ as e:

@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+Chooser = Callable[[list["Replica"]], "Replica"]
+
 
 class Unavailable(Exception):
     """No replica for this request: the caller answers 503 with Retry-After."""
@@ -67,8 +69,9 @@ class ReplicaSet:
         self._idle: dict[str, asyncio.Event] = {}     # replica id -> set when nothing is in flight on it
 
     # ---- the gateway's side ----
-    async def acquire(self, timeout: float | None = None) -> Lease:
-        replica = self._pick()
+    async def acquire(self, timeout: float | None = None, chooser: Chooser | None = None) -> Lease:
+        """chooser: picks among the replicas with room (engine load, prefix affinity); default least outstanding."""
+        replica = self._pick(chooser)
         if replica is not None and not self._waiters:
             replica.outstanding += 1
             return Lease(replica)
@@ -126,8 +129,10 @@ class ReplicaSet:
                 idle.set()
         self._dispatch()
 
-    def _pick(self) -> Replica | None:
+    def _pick(self, chooser: Chooser | None = None) -> Replica | None:
         candidates = [r for r in self.replicas.values() if r.has_room()]
+        if chooser is not None and candidates:
+            return chooser(candidates)
         return min(candidates, key=lambda r: (r.outstanding / r.max_concurrency, r.outstanding)) if candidates else None
 
     def _dispatch(self) -> None:

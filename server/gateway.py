@@ -21,9 +21,11 @@ from server.conversations import Conversations
 from server.ledger import Ledger
 from server.logs import setup_logging
 from server.metrics import Metrics
+from server.platform.engine_vllm import VllmProvider
 from server.platform.provider import ManagedProvider
 from server.platform.service import PROVIDER as PLATFORM_PROVIDER
 from server.platform.service import Platform
+from server.platform.vllm import VLLM_PROVIDER
 from server.providers import Provider, make_provider
 from server.recovery import Recovery
 from server.router import ResponseCache, Router
@@ -51,6 +53,7 @@ class Gateway:
             for p in config.providers}
         self.platform = Platform(self.store, config.platform, self.metrics.registry)
         self.providers[PLATFORM_PROVIDER] = ManagedProvider(self.platform, config.timeouts)
+        self.providers[VLLM_PROVIDER] = VllmProvider(self.platform, config.timeouts, self.metrics.registry)
         self.router = Router(self.catalog, self.providers, config.routing, self.metrics)
         # Every store write goes through this one thread: writers never wait on each other's locks
         # (SQLite's busy wait sleeps for milliseconds), and the event loop never blocks on the store.

@@ -18,6 +18,7 @@ LABEL_SPEC = "run.cogkit.spec"                 # hash of what the replica was st
 LABEL_PORT = "run.cogkit.port"
 LABEL_DEVICES = "run.cogkit.devices"           # GPU uuids, comma separated
 LABEL_NODE = "run.cogkit.node"                 # the inventory node placement chose
+LABEL_ENGINE = "run.cogkit.engine"             # "cog" (a Cog image; the default) or "vllm"
 
 
 class RuntimeError_(Exception):
@@ -35,6 +36,7 @@ class ReplicaSpec:
     gpu_uuids: tuple[str, ...] = ()               # devices placement chose; () for a CPU model
     cpus: float | None = None
     memory_bytes: int | None = None
+    command: tuple[str, ...] = ()                 # what to run instead of the image's own ("{port}": port)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -87,10 +88,27 @@ class Platform:
         def sink(name: str, status: dict[str, Any]) -> None:
             self._write(self.deployments.set_status, name, status)
 
-        runtime = await asyncio.to_thread(DockerRuntime)
-        self.controller = Controller(runtime, self.deployments.desired, self.config.instance or instance_of(self.store),
+        import docker.errors as docker_errors  # type: ignore[import-untyped]
+
+        from scheduler.runtimes.process import ProcessRuntime
+        from scheduler.runtimes.routed import RoutedRuntime
+        home = self.store.sqlite_path.parent if self.store.sqlite_path else cogkit_home()
+        processes = ProcessRuntime(Path(self.config.process_dir or home / "platform-processes"))
+        try:
+            docker: Any = await asyncio.to_thread(DockerRuntime)
+        except docker_errors.DockerException as e:    # no engine here: vLLM process replicas still run
+            if not self.config.vllm:
+                raise
+            log.warning("no Docker engine (%s): only process replicas (vLLM) run here", e)
+            docker = None
+        runtime = RoutedRuntime(docker, processes)
+        self.controller = Controller(runtime, self._desired, self.config.instance or instance_of(self.store),
                                      placer=self._placer(), status_sink=sink, interval=self.config.interval)
         self.controller.start()
+
+    def _desired(self) -> list[Any]:
+        """Cog deployments from the store, and the engine: vllm ones from the config."""
+        return self.deployments.desired() + [v.desired() for v in self.config.vllm]
 
     def _placer(self) -> Any:
         from server.platform.placement import make_placer
@@ -108,6 +126,9 @@ class Platform:
         (the catalog may still know it); NotDeployed when it exists but nothing runs that version."""
         if not model_string.startswith("@"):
             return None
+        engine = self.vllm_resolve(model_string)
+        if engine is not None:
+            return engine
         now = time.monotonic()
         hit = self._resolved.get((model_string, tenant_id))
         if hit is not None and hit[0] > now:
@@ -129,6 +150,16 @@ class Platform:
         resolved = Resolved(model_string, (Target(PROVIDER, deployment.name),), "platform", version=version.id)
         self._resolved[(model_string, tenant_id)] = (now + RESOLVE_TTL, resolved, version)
         return resolved
+
+    def vllm_resolve(self, model_string: str) -> Resolved | None:
+        """`@ns/model` of an engine: vllm deployment: a chat model every client format reaches."""
+        from server.platform.vllm import VLLM_PROVIDER
+        name = model_string[1:]
+        for v in self.config.vllm:
+            if v.name == name:
+                return Resolved(model_string, (Target(VLLM_PROVIDER, v.name, 0, v.input_price, v.output_price),),
+                                "chat")
+        return None
 
     def _deployment_for(self, version: Version) -> Deployment | None:
         candidates = self.deployments.for_model(version.namespace, version.model)
@@ -180,10 +211,10 @@ class Platform:
             raise NotDeployed("this gateway runs no platform controller (platform.controller: false)", 503)
         return self.controller.replica_set(deployment)
 
-    async def acquire(self, deployment: str) -> Lease:
+    async def acquire(self, deployment: str, chooser: Any = None) -> Lease:
         rs = self.replicas(deployment)
         try:
-            lease = await rs.acquire()
+            lease = await rs.acquire(chooser=chooser)
         except Unavailable as e:
             raise UpstreamError(e.message, 503, "http", retry_after=e.retry_after,
                                 body={"code": "no_replica"}) from None
