@@ -20,6 +20,15 @@ def test_redact_replaces_keys_and_their_abbreviations():
     assert redact("nothing secret", [key, None, "ab"]) == "nothing secret"
 
 
+def test_scrub_makes_an_upstream_error_safe_to_relay():
+    from server.providers import UpstreamError
+    from server.redact import scrub
+    key = "sk-live-0123456789abcdef"
+    e = UpstreamError(f"bad key {key} after 3 tokens", None, "stream", body={"error": {"message": key}})
+    scrub(e, {key, CONFIGURED})
+    assert key not in e.message and key not in str(e) and e.body is None and MARK in e.message
+
+
 @pytest.fixture
 def leaky(fakes, gateway):
     fake = fakes("openai")          # wants "test-key": every key below gets its quoting 401
