@@ -183,9 +183,9 @@ def _pydantic_outputs(tree: ast.Module) -> list[ast.ClassDef]:
         if not isinstance(node, ast.ClassDef):
             continue
         bases = {ast.unparse(b) for b in node.bases}
-        if ("BaseModel" in bases and from_pydantic) or "pydantic.BaseModel" in bases:
-            if "arbitrary_types_allowed" in ast.unparse(node):
-                found.append(node)
+        pydantic_base = ("BaseModel" in bases and from_pydantic) or "pydantic.BaseModel" in bases
+        if pydantic_base and "arbitrary_types_allowed" in ast.unparse(node):
+            found.append(node)
     return found
 
 

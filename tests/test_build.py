@@ -24,7 +24,7 @@ from conftest import free_port
 from cogkit.build import builder, registry
 from cogkit.build import dockerfile as df
 from cogkit.build.cuda import CudaError, choose
-from cogkit.config import load_config
+from cogkit.config import SDK_REQUIREMENTS, load_config
 from cogkit.schema import build_openapi
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
@@ -107,7 +107,7 @@ def test_gpu_picks_the_cuda_image_and_torch_index(tmp_path: Path) -> None:
     assert "FROM mirror.local/nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04 AS base" in text
     assert "python3.11 python3.11-venv" in text  # CUDA images have no Python of their own
     assert df.requirements_text(load_config(tmp_path)).splitlines() == [
-        "--extra-index-url https://download.pytorch.org/whl/cu121", "torch==2.3.1"]
+        "--extra-index-url https://download.pytorch.org/whl/cu121", "torch==2.3.1", *SDK_REQUIREMENTS]
     write_project(tmp_path, 'build:\n  gpu: true\n  cuda: "12.4"\n  python_packages: ["torch==2.1.2"]\n'
                             'predict: "predict.py:Predictor"\n')
     with pytest.raises(CudaError, match="torch 2.1 has no build for CUDA 12.4"):

@@ -2,6 +2,7 @@
 working directory, on every example."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -40,7 +41,7 @@ def test_predict_image_writes_output_file(tmp_path):
 def test_predict_streaming_text(tmp_path):
     r = cogkit("predict", "-p", str(EXAMPLES / "text-stream"), "-i", "prompt=the quick fox", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "the quick fox"
+    assert json.loads(r.stdout) == ["the", " quick", " fox"]  # as Cog's CLI shows an iterator's output
 
 
 def test_predict_function_and_async(tmp_path):
@@ -50,14 +51,19 @@ def test_predict_function_and_async(tmp_path):
     assert float(r.stdout) == 2.5
     r = cogkit("predict", "-p", str(EXAMPLES / "async-concurrent"), "-i", "text=hi", "-i", "delay=0", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == ">hi"
+    assert json.loads(r.stdout) == [">h", "i"]
 
 
 def test_train_then_predict_with_weights(tmp_path):
     r = cogkit("train", "-p", str(EXAMPLES / "trainer"), "-i", "corpus=red blue red", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "output.json").read_text()) == {"red": 2, "blue": 1}
-    env = {**os.environ, "COG_WEIGHTS": str(tmp_path / "output.json")}
+    # As Cog's CLI: the training's output goes to ./weights, as JSON; a file inside an object stays a data URI.
+    out = json.loads((tmp_path / "weights").read_text())
+    assert out["vocabulary_size"] == 2 and out["weights"].startswith("data:application/json;base64,")
+    counts = base64.b64decode(out["weights"].split(",", 1)[1])
+    assert json.loads(counts) == {"red": 2, "blue": 1}
+    (tmp_path / "counts.json").write_bytes(counts)
+    env = {**os.environ, "COG_WEIGHTS": str(tmp_path / "counts.json")}
     r = subprocess.run([*COGKIT, "predict", "-p", str(EXAMPLES / "trainer"), "-i", "word=red"], cwd=tmp_path,
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -79,8 +85,12 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 def test_init_then_predict_and_schema(tmp_path):
     r = cogkit("init", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "cog.yaml").exists() and (tmp_path / "predict.py").exists()
-    assert cogkit("init", cwd=tmp_path).returncode == 1  # never overwrites
+    assert (tmp_path / "cog.yaml").exists() and (tmp_path / "run.py").exists()
+    before = (tmp_path / "run.py").read_text()
+    (tmp_path / "run.py").write_text(before + "# mine\n")
+    r = cogkit("init", cwd=tmp_path)
+    assert r.returncode == 0 and "Skipped existing" in r.stderr  # never overwrites, as Cog's
+    assert (tmp_path / "run.py").read_text() == before + "# mine\n"
     r = cogkit("predict", "-i", "prompt=echo me", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "echo me"

@@ -189,9 +189,9 @@ def test_doctor_fixes_deprecated_code(tmp_path: Path) -> None:
 
 
 def test_cogkit_never_imports_server() -> None:
-    r = subprocess.run([sys.executable, "-c", "import sys, cogkit.cli; print(sorted(m for m in sys.modules "
-                        "if m == 'server' or m.startswith('server.')))"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60, check=False)
+    code = "import sys, cogkit.cli; print(sorted(m for m in sys.modules if m == 'server' or m.startswith('server.')))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       check=False)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
     source = (ROOT / "cogkit" / "cli.py").read_text() + (ROOT / "cogkit" / "cli_images.py").read_text()
     assert "import server" not in source and "from server" not in source

@@ -5,6 +5,7 @@ it is being stopped. Each moment is reached by waiting on a condition (a line on
 stderr, the container in the engine, /health-check), never by sleeping."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,11 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker.errors
 import httpx
 import pytest
+from conftest import EXAMPLES, free_port
 
 from cogkit.build import builder, container
-from conftest import EXAMPLES, free_port
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 COGKIT = [sys.executable, "-m", "cogkit.cli"]
@@ -44,10 +46,8 @@ def hello_image(engine) -> Iterator[str]:
     except builder.BuildError as e:
         pytest.fail(f"building hello-world failed: {e}\n" + "\n".join(lines[-20:]), pytrace=False)
     yield tag
-    try:
+    with contextlib.suppress(docker.errors.APIError):  # a leftover test image is harmless
         engine.remove_image(tag, force=True)
-    except Exception:  # noqa: BLE001 - cleanup of a test image; a leftover is harmless
-        pass
 
 
 class Command:
@@ -144,12 +144,16 @@ def test_ctrl_c_while_serving_an_image_leaves_no_container(moment: str, engine, 
 
 
 def test_ctrl_c_while_running_an_image_stops_it(engine, hello_image: str) -> None:
-    before = {c["Id"] for c in engine.containers(all=True, filters={"label": container.LABEL})}
-    cmd = Command(["run", hello_image, "-i", "name=x"])
+    mark = f"COGKIT_TEST_MARK={uuid.uuid4().hex}"  # finds this run's container among others' (-e reaches its env)
+    cmd = Command(["run", hello_image, "-i", "name=x", "-e", mark])
 
     def ours() -> list[dict]:
-        return [c for c in engine.containers(all=True, filters={"label": container.LABEL})
-                if c["Id"] not in before and any(n.startswith("/cogkit-") for n in c["Names"])]
+        found = []
+        for c in engine.containers(all=True, filters={"label": container.LABEL}):
+            with contextlib.suppress(docker.errors.NotFound):  # gone between listing and inspecting
+                if mark in (engine.inspect_container(c["Id"])["Config"]["Env"] or []):
+                    found.append(c)
+        return found
 
     try:
         started = wait_until(ours, "the run's container to exist")

@@ -412,3 +412,19 @@ def test_every_input_and_output_type(serve_project, tmp_path):
     r = server.client.post("/predictions", json={"input": {"token": 5, "images": "x", "ratio": 2}})
     assert r.status_code == 422
     assert {e["loc"][2] for e in r.json()["detail"]} == {"token", "images", "raw", "ratio"}
+
+
+def test_iterator_that_raises_midway_fails_with_no_output(serve_project, tmp_path):
+    # As Cog 0.23: what was yielded before the error is not the prediction's output.
+    project = write_project(tmp_path / "raises", """
+        from typing import Iterator
+        from cog import BasePredictor
+        class Predictor(BasePredictor):
+            def predict(self) -> Iterator[str]:
+                yield "first"
+                raise RuntimeError("broke after one")
+    """)
+    server = serve_project(project)
+    body = server.client.post("/predictions", json={"input": {}}).json()
+    assert body["status"] == "failed" and "broke after one" in body["error"]
+    assert body["output"] is None

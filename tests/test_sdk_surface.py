@@ -44,8 +44,8 @@ def test_star_import_and_old_modules() -> None:
 
 @pytest.mark.parametrize("name,message", [
     ("ExperimentalFeatureWarning", "cog: ExperimentalFeatureWarning is deprecated and will be removed"),
-    ("emit_metric", "cog: emit_metric() is deprecated and will be removed in a future release. "
-                    "Use current_scope().record_metric(name, value) instead."),
+    ("emit_metric", ("cog: emit_metric() is deprecated and will be removed in a future release. "
+                     "Use current_scope().record_metric(name, value) instead.")),
 ])
 def test_deprecated_names_say_so_once_on_stderr(name: str, message: str) -> None:
     r = run_python(f"import warnings; from cog import {name}; import cog; cog.{name}; "
