@@ -1,16 +1,19 @@
 """The cluster as placement sees it, indexed so one decision needs no pass over every GPU.
 
-GPUs that can take work sit in a list sorted by effective free memory (the
+GPUs that can take work sit in lists sorted by effective free memory (the
 smaller of live free memory minus what starting replicas will take, and total
-minus everything promised, less the safety margin); each model version has
-one more such list for the GPUs on nodes holding its snapshot. A decision
-starts at the first GPU with enough memory and walks in the strategy's order.
-Memory fit is the only positive term that changes along a walk (utilization
-and anti-affinity only subtract, locality is fixed per list), so the walk
-stops as soon as no GPU further on can beat the best one found.
+minus everything promised, less the safety margin), one per (compute
+capability, utilization band); each model version has the same for the GPUs
+on nodes holding its snapshot. A decision starts at the first GPU with enough
+memory and walks in the strategy's order. Memory fit is the only positive term
+that changes along a list (the band bounds the busy penalty, anti-affinity
+only subtracts, locality is fixed per list), so a walk stops as soon as no GPU
+further on can beat the best one found. Multi-GPU replicas walk nodes, by the
+free memory of their k-th freest GPU.
 
-`ClusterState.place` gives the same answer as scoring every GPU
-(`evaluate_all`, which `explain` uses; the tests compare the two).
+`ClusterState.place` gives the same answer as scoring every candidate
+(evaluate.py, which `explain` uses; the tests compare the two) until a
+decision has walked `Policy.max_walk` GPUs past its first candidate.
 """
 
 from __future__ import annotations
