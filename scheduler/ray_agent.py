@@ -8,14 +8,16 @@ YAML (scheduler/telemetry/simulated.py); the snapshots in the node's weight cach
 project directory with `cogkit serve` as a local process (where there is no container engine to use).
 Everything crossing Ray is a plain value (dicts, lists): frozen readings hold mappingproxies.
 
-Start one from any process connected to the cluster:
+A node joins with:
 
-    python -m scheduler.ray_agent --address HOST:PORT --node a --inventory node-a.yaml --state-dir DIR
+    ray start --address HOST:PORT --resources "$(python -m scheduler.ray_agent resources --node a --inventory node-a.yaml)"
+    python -m scheduler.ray_agent start --address HOST:PORT --node a --inventory node-a.yaml --state-dir DIR
 """
 from __future__ import annotations
 
 import argparse
 import builtins
+import importlib
 import json
 import logging
 import os
@@ -31,7 +33,13 @@ from typing import Any
 import ray
 import yaml
 
-from scheduler.ray_inventory import AGENT_NAMESPACE, agent_name, node_resource, reading_to_dict
+from scheduler.ray_inventory import (
+    AGENT_NAMESPACE,
+    agent_name,
+    node_resource,
+    node_resources_json,
+    reading_to_dict,
+)
 from scheduler.runtimes.base import LABEL_PORT, ReplicaSpec, Runtime, RuntimeError_, StartedReplica
 from scheduler.snapshots import SnapshotCache, directory_origin
 from scheduler.telemetry.base import Inventory, NodeReading, SpecError
@@ -204,17 +212,30 @@ def start_agent(node: str, inventory_yaml: str | None, state_dir: str, engine: s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Start this node's cogkit agent on a Ray cluster")
-    parser.add_argument("--address", required=True, help="the cluster, HOST:PORT of its head")
-    parser.add_argument("--node", required=True, help="this node's name (its cogkit_node_<name> resource)")
-    parser.add_argument("--inventory", help="simulated GPU inventory YAML (default: NVML)")
-    parser.add_argument("--state-dir", required=True, help="where the agent keeps replica records and snapshots")
-    parser.add_argument("--engine", default="process", choices=["process", "docker"])
+    parser = argparse.ArgumentParser(prog="python -m scheduler.ray_agent",
+                                     description="Join this node to a Ray cluster as a cogkit node")
+    commands = parser.add_subparsers(dest="command", required=True)
+    resources = commands.add_parser("resources", help="print the node's --resources JSON for `ray start`")
+    start = commands.add_parser("start", help="start this node's agent on the cluster")
+    for sub in (resources, start):
+        sub.add_argument("--node", required=True, help="this node's name (its cogkit_node_<name> resource)")
+        sub.add_argument("--inventory", help="simulated GPU inventory YAML (default: NVML)")
+    start.add_argument("--address", required=True, help="the cluster, HOST:PORT of its head")
+    start.add_argument("--state-dir", required=True, help="where the agent keeps replica records and snapshots")
+    start.add_argument("--engine", default="process", choices=["process", "docker"])
     args = parser.parse_args(argv)
+    try:
+        text = Path(args.inventory).read_text() if args.inventory else None
+        inventory = node_inventory(args.node, text)
+    except (OSError, SpecError, yaml.YAMLError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.command == "resources":
+        print(node_resources_json(inventory.read().nodes[0]))
+        return
     ray.init(address=args.address, namespace=AGENT_NAMESPACE, logging_level=logging.WARNING)
-    text = Path(args.inventory).read_text() if args.inventory else None
     started = time.monotonic()
-    start_agent(args.node, text, args.state_dir, args.engine)
+    # The module's own start_agent, not __main__'s: Ray would ship a __main__ class by value.
+    importlib.import_module("scheduler.ray_agent").start_agent(args.node, text, args.state_dir, args.engine)
     print(f"agent for node {args.node} is up ({time.monotonic() - started:.1f}s)")
 
 

@@ -9,9 +9,12 @@ cluster's own ports); the replicas listen on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +37,7 @@ from scheduler.ray_inventory import (  # noqa: E402
     AGENT_NAMESPACE,
     GPU_RESOURCE,
     RayInventory,
+    agent_name,
     node_resource,
     node_resources,
     ray_placer,
@@ -79,7 +83,6 @@ def _killpg(pid: int) -> None:
 
 
 def _kill_recorded_replicas(state_dir: Path) -> None:
-    import json
     for record in (state_dir / "replicas").glob("*.json"):
         _killpg(json.loads(record.read_text())["pid"])
 
@@ -123,7 +126,15 @@ def ray_cluster() -> Iterator[RayCluster]:
             for name in NODES[1:]:
                 nodes[name] = cluster.add_node(num_cpus=1, resources=node_resources(readings[name]))
             ray.init(address=cluster.address, namespace=AGENT_NAMESPACE, logging_level="warning")
-            agents = {n: start_agent(n, INVENTORY, str(state_dirs[n])) for n in NODES}
+            agents = {n: start_agent(n, INVENTORY, str(state_dirs[n])) for n in NODES[:-1]}
+            # the last joins as an operator would, with the agent's command line
+            inventory_file = temp / "inventory.yaml"
+            inventory_file.write_text(INVENTORY)
+            last = NODES[-1]
+            subprocess.run([sys.executable, "-m", "scheduler.ray_agent", "start", "--address", cluster.address,
+                            "--node", last, "--inventory", str(inventory_file), "--state-dir", str(state_dirs[last])],
+                           cwd=ROOT, check=True, timeout=120)
+            agents[last] = ray.get_actor(agent_name(last), namespace=AGENT_NAMESPACE)
             yield RayCluster(cluster, nodes, agents, state_dirs)
         finally:
             for state_dir in state_dirs.values():
@@ -268,3 +279,15 @@ def test_replicas_spread_across_nodes_and_a_removed_node_is_replaced(ray_cluster
             await controller.close(stop_replicas=True)
             polled.stop()
     asyncio.run(scenario())
+
+
+def test_agent_cli_prints_a_nodes_resources_and_names_a_bad_node(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(INVENTORY)
+    run = [sys.executable, "-m", "scheduler.ray_agent", "resources", "--inventory", str(inventory), "--node"]
+    found = subprocess.run([*run, "b"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == {"cogkit_node_b": 1.0, GPU_RESOURCE: 2.0, "cogkit_gpu_memory_gib": 48.0}
+    missing = subprocess.run([*run, "z"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert "no node named 'z'" in missing.stderr and "Traceback" not in missing.stderr
