@@ -40,11 +40,10 @@ from scheduler.ray_inventory import (  # noqa: E402
     agent_name,
     node_resource,
     node_resources,
-    ray_placer,
 )
 from scheduler.replicas import ReplicaSet  # noqa: E402
 from scheduler.runtimes.base import LABEL_NODE  # noqa: E402
-from scheduler.runtimes.ray import RayRuntime  # noqa: E402
+from scheduler.runtimes.ray import RayRuntime, on_cluster  # noqa: E402
 from scheduler.telemetry.polling import PollingInventory  # noqa: E402
 from scheduler.telemetry.simulated import SimulatedInventory  # noqa: E402
 
@@ -161,9 +160,9 @@ def deployment(name: str, version: str, replicas: int) -> DesiredDeployment:
                              setup_timeout=READY_TIMEOUT)
 
 
-def controller_for(spec: DesiredDeployment, inventory: RayInventory, polled: PollingInventory) -> Controller:
-    runtime = RayRuntime(inventory, {spec.name: spec.gpu_memory_bytes})
-    return Controller(runtime, lambda: [spec], "h8-ray-test", placer=ray_placer(polled), interval=0.5)
+def controller_for(spec: DesiredDeployment, address: str) -> tuple[Controller, PollingInventory]:
+    runtime, placer, polled = on_cluster(address, {spec.name: spec.gpu_memory_bytes}, poll_interval_s=0.5)
+    return Controller(runtime, lambda: [spec], "h8-ray-test", placer=placer, interval=0.5), polled
 
 
 def nodes_of_ready(controller: Controller, name: str) -> list[str]:
@@ -224,8 +223,7 @@ def test_a_node_holding_the_versions_snapshot_wins(ray_cluster: RayCluster, tmp_
 
     async def scenario() -> None:
         spec = deployment("local", "v-local", 1)
-        polled = PollingInventory(inventory, 0.5).start()
-        controller = controller_for(spec, inventory, polled)
+        controller, polled = controller_for(spec, ray_cluster.cluster.address)
         controller.start()
         try:
             await wait_async(lambda: nodes_of_ready(controller, spec.name), READY_TIMEOUT, "a ready replica")
@@ -244,8 +242,7 @@ def test_replicas_spread_across_nodes_and_a_removed_node_is_replaced(ray_cluster
     spec = deployment("hello", "v-hello", 2)
 
     async def scenario() -> None:
-        polled = PollingInventory(inventory, 0.5).start()
-        controller = controller_for(spec, inventory, polled)
+        controller, polled = controller_for(spec, ray_cluster.cluster.address)
         controller.start()
         replicas = controller.replica_set(spec.name)
         try:

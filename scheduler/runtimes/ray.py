@@ -7,17 +7,22 @@ replicas vanish, forgets them and places replacements on the nodes that remain.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 import ray
 
+from scheduler.placement import NoFit, Placement, Policy, ReplicaRequest, RunningReplica
 from scheduler.ray_agent import replica_from_dict
-from scheduler.ray_inventory import AGENT_CALL_TIMEOUT_S, RayInventory, gather
+from scheduler.ray_inventory import AGENT_CALL_TIMEOUT_S, AGENT_NAMESPACE, RayInventory, gather, ray_placer
 from scheduler.runtimes.base import LABEL_DEPLOYMENT, LABEL_NODE, ReplicaSpec, RuntimeError_, StartedReplica
+from scheduler.telemetry.polling import PollingInventory
 
 START_TIMEOUT_S = 120.0     # a Docker engine may pull the image first
+
+Placer = Callable[[ReplicaRequest, list[RunningReplica]], Placement | NoFit]
 
 
 class RayRuntime:
@@ -72,3 +77,16 @@ class RayRuntime:
         if not sep:
             raise RuntimeError_(f"replica id: expected '<node>/<id>', got {replica_id!r}")
         return self.inventory.agent(node), local_id
+
+
+def on_cluster(address: str, gpu_memory_bytes: Mapping[str, int] | None = None, policy: Policy | None = None,
+               poll_interval_s: float = 1.0) -> tuple[RayRuntime, Placer, PollingInventory]:
+    """What a Controller needs to run replicas on the cluster at `address`: the runtime, the placer (over
+    the agents' telemetry, polled, since the controller calls it on its event loop), and the poller
+    (stop() it with the controller)."""
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=AGENT_NAMESPACE, logging_level=logging.WARNING)
+    inventory = RayInventory()
+    polled = PollingInventory(inventory, poll_interval_s).start()
+    placer: Placer = ray_placer(polled, policy)
+    return RayRuntime(inventory, gpu_memory_bytes), placer, polled
