@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -56,7 +57,8 @@ class ProcessEngine:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # name -> (process, record); copied before iterating: the agent's calls run on several threads
+        self._children: dict[str, tuple[subprocess.Popen[bytes], dict[str, Any]]] = {}
         for path in state_dir.glob("*.json"):    # left by an agent that died: nobody owns them now
             self._kill(json.loads(path.read_text())["pid"])
             path.unlink()
@@ -73,24 +75,23 @@ class ProcessEngine:
         with open(self.state_dir / f"{spec.name}.log", "ab") as log_file:
             child = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        self._children[spec.name] = child
         labels = {**spec.labels, LABEL_PORT: str(spec.port)}
         url = f"http://127.0.0.1:{spec.port}"
         record = {"name": spec.name, "pid": child.pid, "labels": labels, "url": url}
         (self.state_dir / f"{spec.name}.json").write_text(json.dumps(record))
+        self._children[spec.name] = (child, record)
         return StartedReplica(spec.name, spec.name, labels, url, True)
 
     def list(self, labels: Mapping[str, str]) -> builtins.list[StartedReplica]:
         out = []
-        for name, child in self._children.items():
-            record = json.loads((self.state_dir / f"{name}.json").read_text())
+        for name, (child, record) in list(self._children.items()):
             if all(record["labels"].get(k) == v for k, v in labels.items()):
                 code = child.poll()
                 out.append(StartedReplica(name, name, record["labels"], record["url"], code is None, code))
         return out
 
     def stop(self, replica_id: str, timeout: float = 10) -> None:
-        child = self._children.pop(replica_id, None)
+        child, _ = self._children.pop(replica_id, (None, None))
         if child is not None:
             try:
                 os.killpg(child.pid, signal.SIGTERM)
@@ -110,7 +111,7 @@ class ProcessEngine:
         return "\n".join(lines[-tail:])
 
     def pids(self) -> builtins.list[int]:
-        return [c.pid for c in self._children.values() if c.poll() is None]
+        return [c.pid for c, _ in list(self._children.values()) if c.poll() is None]
 
     @staticmethod
     def _kill(pid: int) -> None:
@@ -151,9 +152,11 @@ class NodeAgent:
         else:
             raise SpecError(f"engine: expected 'process' or 'docker', got {engine!r}")
         self._gpu_load: dict[str, tuple[str, ...]] = {}     # replica -> GPUs the simulated load is on
+        self._lock = threading.Lock()    # calls run on several threads; the simulated inventory is not shared-safe
 
     def telemetry(self) -> dict[str, Any]:
-        reading = self.inventory.read().nodes[0]
+        with self._lock:
+            reading = self.inventory.read().nodes[0]
         reading = NodeReading(reading.name, reading.gpus, reading.read_at, reading.labels, reading.cpus,
                               reading.memory_bytes, reading.cached_versions | self.snapshots.versions(),
                               reading.reachable)
@@ -163,16 +166,17 @@ class NodeAgent:
         replica = ReplicaSpec(**{**spec, "gpu_uuids": tuple(spec.get("gpu_uuids", ()))})
         started = self.engine.start(replica)
         if isinstance(self.inventory, SimulatedInventory) and replica.gpu_uuids:
-            # The simulated GPUs show the memory this replica takes, as NVML would.
-            self.inventory.start_replica(started.id, replica.gpu_uuids, gpu_memory_bytes)
-            self._gpu_load[started.id] = replica.gpu_uuids
+            with self._lock:    # the simulated GPUs show the memory this replica takes, as NVML would
+                self.inventory.start_replica(started.id, replica.gpu_uuids, gpu_memory_bytes)
+                self._gpu_load[started.id] = replica.gpu_uuids
         return replica_to_dict(started)
 
     def stop(self, replica_id: str, timeout: float = 10) -> None:
         self.engine.stop(replica_id, timeout)
-        gpus = self._gpu_load.pop(replica_id, ())
-        if isinstance(self.inventory, SimulatedInventory):
-            self.inventory.stop_replica(replica_id, gpus)
+        with self._lock:
+            gpus = self._gpu_load.pop(replica_id, ())
+            if isinstance(self.inventory, SimulatedInventory):
+                self.inventory.stop_replica(replica_id, gpus)
 
     def list(self, labels: dict[str, str]) -> builtins.list[dict[str, Any]]:
         return [replica_to_dict(r) for r in self.engine.list(labels)]
