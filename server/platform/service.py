@@ -61,6 +61,7 @@ class Platform:
         self.controller: Controller | None = None
         self._resolved: dict[tuple[str, str], tuple[float, Resolved, Version]] = {}
         self._versions: dict[str, Version] = {}
+        self._absent: dict[tuple[str, str], float] = {}
         self._writer: Any = None
         home = store.sqlite_path.parent if store.sqlite_path else cogkit_home()
         self.files = Files(home / "platform-files")
@@ -112,12 +113,17 @@ class Platform:
         hit = self._resolved.get((model_string, tenant_id))
         if hit is not None and hit[0] > now:
             return hit[1]
+        if self._absent.get((model_string, tenant_id), 0.0) > now:
+            return None       # not ours a moment ago (a catalog model): no store read per request
         base, _, ref = model_string[1:].partition(":")
         if base.count("/") != 1:
             return None
         namespace, name = base.split("/")
         model = self.registry.get_model(namespace, name, tenant_id)
         if model is None:
+            if len(self._absent) > 10_000:
+                self._absent.clear()
+            self._absent[(model_string, tenant_id)] = now + RESOLVE_TTL
             return None
         version = self.registry.find_version(namespace, name, ref or None)
         if version is None:
@@ -127,6 +133,8 @@ class Platform:
             raise NotDeployed(f"version {version.id[:12]} of {base} is not deployed: "
                               f"`cogkit deployments create {base}` starts it", 404)
         resolved = Resolved(model_string, (Target(PROVIDER, deployment.name),), "platform", version=version.id)
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
         self._resolved[(model_string, tenant_id)] = (now + RESOLVE_TTL, resolved, version)
         return resolved
 
