@@ -143,6 +143,9 @@ class Controller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
         self._background: set[asyncio.Task[Any]] = set()
+        # placed but not yet started (their start call in flight): placement must see them too, or
+        # two replicas started in one pass land on the same GPU
+        self._placing: dict[str, RunningReplica] = {}
 
     # ---- what the gateway uses ----
     def replica_set(self, deployment: str) -> ReplicaSet:
@@ -321,6 +324,7 @@ class Controller:
 
     async def _start_replica(self, name: str, spec: DesiredDeployment, state: DeploymentState) -> None:
         state.starting += 1
+        placing = ""
         try:
             running = [RunningReplica(t.replica.id, spec.model, t.replica.labels.get(LABEL_VERSION, ""),
                                       t.replica.labels.get(LABEL_NODE, "local"),
@@ -330,10 +334,13 @@ class Controller:
                        for s in self.states.values() for t in s.tracked.values() if not t.stopping]
             request = ReplicaRequest(spec.model, spec.version_id, spec.gpus, spec.gpu_memory_bytes,
                                      cpus=spec.cpus or 0.0)
-            choice = self.placer(request, running)
+            choice = self.placer(request, [*running, *self._placing.values()])
             if isinstance(choice, NoFit):
                 self._record_failure(name, state, f"no room to place a replica: {choice.message}", None, "")
                 return
+            placing = secrets.token_hex(6)
+            self._placing[placing] = RunningReplica(placing, spec.model, spec.version_id, choice.node,
+                                                    choice.gpu_uuids, spec.gpu_memory_bytes, ReplicaState.STARTING)
             slug = name.replace("/", "-")[:40]
             replica_spec = ReplicaSpec(
                 name=f"cogkit-{slug}-{secrets.token_hex(3)}", image=spec.image, port=free_port(),
@@ -350,6 +357,7 @@ class Controller:
             state.tracked[started.id] = Tracked(started)
             log.info("started replica %s of %s on port %d", started.name, name, replica_spec.port)
         finally:
+            self._placing.pop(placing, None)
             state.starting -= 1
             self.wake()
 

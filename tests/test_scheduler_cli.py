@@ -118,3 +118,13 @@ def test_runs_as_a_module() -> None:
     done = subprocess.run([sys.executable, "-m", "scheduler.cli", "--help"], cwd=root, capture_output=True, check=False,
                           text=True, timeout=120)
     assert done.returncode == 0 and "generate-trace" in done.stdout
+
+
+def test_the_shipped_examples_explain() -> None:
+    examples = Path(__file__).resolve().parent.parent / "scheduler" / "examples"
+    result = CliRunner().invoke(app, ["explain", "-f", str(examples / "inventory.yaml"), "--replicas",
+                                      str(examples / "replicas.yaml"), "--model", "acme/llm-8b", "--version", "v1",
+                                      "--weights", "16GiB", "--kv-cache", "8GiB", "--json"])
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.output)["decision"]
+    assert decision["rung"] == "sleeping" and decision["wakes"] == "r3"

@@ -21,6 +21,7 @@ from scheduler.placement import (
     gpu_memory_for_model,
     place,
 )
+from scheduler.placement.evaluate import TOO_FEW
 from scheduler.placement.state import (
     CAPABILITY,
     CPUS,
@@ -30,7 +31,6 @@ from scheduler.placement.state import (
     MIG,
     STALE,
     STARTING,
-    TOO_FEW,
     UNHEALTHY,
     UNREACHABLE,
 )

@@ -1,16 +1,19 @@
 """The cluster as placement sees it, indexed so one decision needs no pass over every GPU.
 
-GPUs that can take work sit in a list sorted by effective free memory (the
+GPUs that can take work sit in lists sorted by effective free memory (the
 smaller of live free memory minus what starting replicas will take, and total
-minus everything promised, less the safety margin); each model version has
-one more such list for the GPUs on nodes holding its snapshot. A decision
-starts at the first GPU with enough memory and walks in the strategy's order.
-Memory fit is the only positive term that changes along a walk (utilization
-and anti-affinity only subtract, locality is fixed per list), so the walk
-stops as soon as no GPU further on can beat the best one found.
+minus everything promised, less the safety margin), one per (compute
+capability, utilization band); each model version has the same for the GPUs
+on nodes holding its snapshot. A decision starts at the first GPU with enough
+memory and walks in the strategy's order. Memory fit is the only positive term
+that changes along a list (the band bounds the busy penalty, anti-affinity
+only subtracts, locality is fixed per list), so a walk stops as soon as no GPU
+further on can beat the best one found. Multi-GPU replicas walk nodes, by the
+free memory of their k-th freest GPU.
 
-`ClusterState.place` gives the same answer as scoring every GPU
-(`evaluate_all`, which `explain` uses; the tests compare the two).
+`ClusterState.place` gives the same answer as scoring every candidate
+(evaluate.py, which `explain` uses; the tests compare the two) until a
+decision has walked `Policy.max_walk` GPUs past its first candidate.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from scheduler.placement import evaluate
 from scheduler.placement.index import GpuEntry, GpuIndex, Key, NodeEntry, Rank
 from scheduler.placement.model import (
     NoFit,
@@ -46,7 +50,6 @@ CPUS = "cpus"
 STARTING = "replica starting on GPU"
 MEMORY_LIVE = "memory (live telemetry)"
 MEMORY_PROMISED = "memory (promised to replicas)"
-TOO_FEW = "too few eligible GPUs on node"
 
 _BAND_PERCENT = 5.0
 _COUNTS_FOR_AFFINITY = frozenset({ReplicaState.STARTING, ReplicaState.READY})
@@ -354,7 +357,7 @@ class ClusterState:
                ) -> tuple[float, float, float, float, Rung, str | None]:
         """The four weighted terms, the rung and the sleeper woken, for one candidate."""
         policy = self.policy
-        wakes = self._sleeper_on(gpus, request) if gpus else None
+        wakes = self.sleeper_on(gpus, request) if gpus else None
         fit = utilization = 0.0
         if gpus:
             need = request.gpu_memory_bytes
@@ -380,7 +383,7 @@ class ClusterState:
         return Placement(node.name, tuple(g.uuid for g in gpus), rung,
                          ScoreTerms(fit, utilization, locality, affinity), wakes)
 
-    def _sleeper_on(self, gpus: list[GpuEntry], request: ReplicaRequest) -> str | None:
+    def sleeper_on(self, gpus: list[GpuEntry], request: ReplicaRequest) -> str | None:
         """The sleeping instance of this version that holds exactly these GPUs, if any."""
         sleepers = {g.sleeping.get(request.version, _NO_SLEEPER)[0] for g in gpus}
         if len(sleepers) != 1 or "" in sleepers:
@@ -388,7 +391,7 @@ class ClusterState:
         replica_id = sleepers.pop()
         return replica_id if len(self._replicas[replica_id].gpu_uuids) == len(gpus) else None
 
-    def _sleeper_candidates(self, request: ReplicaRequest, now: float) -> list[tuple[Placement, Rank]]:
+    def sleeper_candidates(self, request: ReplicaRequest, now: float) -> list[tuple[Placement, Rank]]:
         """Waking a sleeping instance of this version, where its GPUs pass every filter."""
         found = []
         for replica_id in sorted(self._sleeping.get(request.version, ())):
@@ -400,10 +403,10 @@ class ClusterState:
             if self.node_failures(node, request, now) or any(self.gpu_failures(g, request, now, wake=True)
                                                              for g in gpus):
                 continue
-            found.append((self.score(node, gpus, request), self._rank(gpus)))
+            found.append((self.score(node, gpus, request), self.rank_of(gpus)))
         return found
 
-    def _rank(self, gpus: list[GpuEntry]) -> Rank:
+    def rank_of(self, gpus: list[GpuEntry]) -> Rank:
         keys = [(self._effective_free(g), g.order) for g in gpus]
         if self.policy.strategy is Strategy.SPREAD:
             return min(keys)
@@ -413,7 +416,7 @@ class ClusterState:
     def _generic_rung(self, version: str) -> Rung:
         return Rung.PEER_SNAPSHOT if self._cached_on.get(version) else Rung.ORIGIN
 
-    def _pick_on_node(self, node: NodeEntry, request: ReplicaRequest, now: float) -> list[GpuEntry] | None:
+    def pick_on_node(self, node: NodeEntry, request: ReplicaRequest, now: float) -> list[GpuEntry] | None:
         """The k GPUs a node would give, in the strategy's order; None if it has fewer eligible."""
         if self.node_failures(node, request, now):
             return None
@@ -448,7 +451,7 @@ class ClusterState:
 
     def _first_fit(self, request: ReplicaRequest, now: float) -> Placement | None:
         need, k = request.gpu_memory_bytes, request.gpu_count
-        sleepers = self._sleeper_candidates(request, now)
+        sleepers = self.sleeper_candidates(request, now)
         if sleepers:  # waking beats starting, whatever the policy
             return min(sleepers, key=lambda c: self._gpus[c[0].gpu_uuids[0]].ordinal)[0]
         for node in self._nodes.values():
@@ -464,7 +467,7 @@ class ClusterState:
 
     def _best(self, request: ReplicaRequest, now: float) -> Placement | None:
         best: list[Any] = []  # [score, rank, node, gpus] of the best candidate so far
-        for candidate, rank in self._sleeper_candidates(request, now):  # the highest points, few of them
+        for candidate, rank in self.sleeper_candidates(request, now):  # the highest points, few of them
             gpus = [self._gpus[u] for u in candidate.gpu_uuids]
             self._consider(best, candidate.score, rank, self._nodes[candidate.node], gpus)
         if request.gpu_count > 1:
@@ -569,76 +572,33 @@ class ClusterState:
                     return
             if not self._node_ok(node, request, now):
                 continue
-            # _pick_on_node's choice, from the indexes: an eligible GPU is an indexed one that passes _gpu_ok
+            # pick_on_node's choice, from the indexes: an eligible GPU is an indexed one that passes _gpu_ok
             eligible = [g for g in node.gpus if g.key is not None and g.key[0] >= need and self._gpu_ok(g, request, now)]
             if len(eligible) < k:
                 continue
             eligible.sort(key=lambda g: g.key, reverse=spread)  # type: ignore[arg-type, return-value]
             picked = eligible[:k]
-            if self._sleeper_on(picked, request) is not None:
+            if self.sleeper_on(picked, request) is not None:
                 continue  # waking a sleeper was scored already
             terms = self._terms(node, picked, request, share)
-            self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], self._rank(picked), node, picked)
+            self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], self.rank_of(picked), node, picked)
 
-    # --- the full evaluation: explain, NoFit, and the tests' reference ---------------
+    # --- the full evaluation (evaluate.py): explain, NoFit, pre-fetch, the tests' reference ---
+
+    def nodes(self) -> Iterable[NodeEntry]:
+        return self._nodes.values()
+
+    def gpu_ordinal(self, uuid: str) -> int:
+        return self._gpus[uuid].ordinal
+
+    def holds_snapshot(self, node_name: str, version: str) -> bool:
+        return version in self._nodes[node_name].cached
 
     def evaluate_all(self, request: ReplicaRequest, now: float) -> tuple[list[Placement], Counter[str], int]:
-        """Every candidate scored, best first, and how many GPUs failed each filter."""
-        failures: Counter[str] = Counter()
-        ranked: list[tuple[Placement, Rank]] = []
-        considered = 0
-        for node in self._nodes.values():
-            node_failed = self.node_failures(node, request, now)
-            if request.gpu_count == 0:
-                failures.update(node_failed)
-                if not node_failed:
-                    ranked.append((self.score(node, [], request), (0, -node.ordinal)))
-                continue
-            eligible = []
-            for gpu in node.gpus:
-                considered += 1
-                failed = list(dict.fromkeys(node_failed + self.gpu_failures(gpu, request, now)))
-                failures.update(failed)
-                if not failed:
-                    eligible.append(gpu)
-            if request.gpu_count == 1:
-                ranked.extend((self.score(node, [g], request), self._rank([g])) for g in eligible
-                              if self._sleeper_on([g], request) is None)
-            elif len(eligible) >= request.gpu_count:
-                picked = self._pick_on_node(node, request, now)
-                assert picked is not None
-                if self._sleeper_on(picked, request) is None:
-                    ranked.append((self.score(node, picked, request), self._rank(picked)))
-            elif eligible:
-                failures[TOO_FEW] += 1
-        if request.gpu_count:
-            ranked.extend(self._sleeper_candidates(request, now))
-        if self.policy.strategy is Strategy.FIRST_FIT:  # inventory order, waking a sleeper first
-            ranked.sort(key=lambda c: (c[0].wakes is None, min(self._gpus[u].ordinal for u in c[0].gpu_uuids)
-                                       if c[0].gpu_uuids else -c[1][1]))
-        else:
-            ranked.sort(key=lambda c: (c[0].score, c[1]), reverse=True)
-        return [c for c, _ in ranked], failures, considered
-
-    def prefetch_targets(self, request: ReplicaRequest, now: float, count: int) -> list[str]:
-        """The nodes placement would pick next for this version that lack its snapshot, best
-        first: where to pre-fetch it (`SnapshotCache.prefetch`) before the replica is asked for."""
-        targets: list[str] = []
-        for candidate in self.evaluate_all(request, now)[0]:
-            if len(targets) == count:
-                break
-            if candidate.node not in targets and request.version not in self._nodes[candidate.node].cached:
-                targets.append(candidate.node)
-        return targets
+        return evaluate.evaluate_all(self, request, now)
 
     def no_fit(self, request: ReplicaRequest, now: float) -> NoFit:
-        _, failures, considered = self.evaluate_all(request, now)
-        if request.gpu_count:
-            what = f"{request.gpu_count} GPU(s) with {request.gpu_memory_bytes / 2**30:.1f} GiB each"
-        else:
-            what = "a CPU-only replica"
-        unit = "GPUs" if request.gpu_count else "nodes"
-        reasons = ", ".join(f"{name} on {count} {'nodes' if name == TOO_FEW else unit}"
-                            for name, count in failures.most_common())
-        return NoFit(dict(failures), considered,
-                     f"nothing fits {what} for {request.model}: {reasons or 'no nodes in the inventory'}")
+        return evaluate.no_fit(self, request, now)
+
+    def prefetch_targets(self, request: ReplicaRequest, now: float, count: int) -> list[str]:
+        return evaluate.prefetch_targets(self, request, now, count)

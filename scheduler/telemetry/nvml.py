@@ -8,6 +8,7 @@ thread to receive those events; `read()` reports what it has seen.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -82,7 +83,7 @@ class NvmlInventory:
     def read(self) -> InventorySnapshot:
         gpus = tuple(self._read_gpu(i) for i in range(int(pynvml.nvmlDeviceGetCount())))
         now = self._clock()
-        node = NodeReading(self._node_name, gpus, now, self._labels, cpus=float(_cpu_count()),
+        node = NodeReading(self._node_name, gpus, now, self._labels, cpus=float(len(os.sched_getaffinity(0))),
                            cached_versions=self._cached_versions())
         return InventorySnapshot((node,), now)
 
@@ -141,9 +142,3 @@ class NvmlInventory:
                                   int(data.eventData))
         finally:
             pynvml.nvmlEventSetFree(events)
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))

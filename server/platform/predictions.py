@@ -159,8 +159,11 @@ class PredictionRunner:
             hooks.send("start")
         iterator_output: list[Any] | None = None
         try:
+            from server.platform.service import supports_sse
+            sse = supports_sse(self.platform.version(p.version))
             async for event, value in self.platform.predict_stream(
-                    p.deployment, {"input": p.input, "id": p.id}, prediction_id=p.id, on_replica=self._on_replica(p)):
+                    p.deployment, {"input": p.input, "id": p.id}, prediction_id=p.id, on_replica=self._on_replica(p),
+                    sse=sse):
                 if event == "output":
                     value = self.files.keep(value, base_url)
                     iterator_output = [*(iterator_output or []), value]

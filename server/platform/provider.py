@@ -14,6 +14,7 @@ from server.platform.service import (
     InputError,
     Platform,
     note_metrics,
+    supports_sse,
 )
 from server.providers.base import Provider, Unsupported, UpstreamError
 from server.providers.platform import _raise_if_failed
@@ -72,7 +73,9 @@ class ManagedProvider(Provider):
                     yield chunk
 
     async def run_stream(self, inputs: dict[str, Any], model: str, t: Timeouts) -> AsyncGenerator[tuple[str, Any], None]:
-        async for event, value in self.platform.predict_stream(model, {"input": self._checked(inputs)}):
+        version = self._version()
+        sse = supports_sse(version) if version is not None else True
+        async for event, value in self.platform.predict_stream(model, {"input": self._checked(inputs)}, sse=sse):
             if event == "completed":
                 note_metrics(value)
                 _raise_if_failed(value)

@@ -62,6 +62,7 @@ class Platform:
         self.controller: Controller | None = None
         self._resolved: dict[tuple[str, str], tuple[float, Resolved, Version]] = {}
         self._versions: dict[str, Version] = {}
+        self._absent: dict[tuple[str, str], float] = {}
         self._writer: Any = None
         home = store.sqlite_path.parent if store.sqlite_path else cogkit_home()
         self.files = Files(home / "platform-files")
@@ -133,12 +134,17 @@ class Platform:
         hit = self._resolved.get((model_string, tenant_id))
         if hit is not None and hit[0] > now:
             return hit[1]
+        if self._absent.get((model_string, tenant_id), 0.0) > now:
+            return None       # not ours a moment ago (a catalog model): no store read per request
         base, _, ref = model_string[1:].partition(":")
         if base.count("/") != 1:
             return None
         namespace, name = base.split("/")
         model = self.registry.get_model(namespace, name, tenant_id)
         if model is None:
+            if len(self._absent) > 10_000:
+                self._absent.clear()
+            self._absent[(model_string, tenant_id)] = now + RESOLVE_TTL
             return None
         version = self.registry.find_version(namespace, name, ref or None)
         if version is None:
@@ -148,6 +154,8 @@ class Platform:
             raise NotDeployed(f"version {version.id[:12]} of {base} is not deployed: "
                               f"`cogkit deployments create {base}` starts it", 404)
         resolved = Resolved(model_string, (Target(PROVIDER, deployment.name),), "platform", version=version.id)
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
         self._resolved[(model_string, tenant_id)] = (now + RESOLVE_TTL, resolved, version)
         return resolved
 
@@ -223,13 +231,18 @@ class Platform:
         note_cold_start(lease)
         return lease
 
-    async def predict(self, deployment: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /predictions on a replica; a 409 (it is full) goes back to the queue, never to the caller."""
+    async def predict(self, deployment: str, body: dict[str, Any], prediction_id: str | None = None,
+                      on_replica: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+        """POST /predictions on a replica (PUT /predictions/{id} with an id, so it can be cancelled there);
+        a 409 (it is full) goes back to the queue, never to the caller."""
+        method, path = ("PUT", f"/predictions/{prediction_id}") if prediction_id else ("POST", "/predictions")
         for _ in range(MAX_REROUTES):
             lease = await self.acquire(deployment)
             rs = self.replicas(deployment)
+            if on_replica is not None:
+                on_replica(lease.replica.url, lease.waited_s)
             try:
-                resp = await self.http.post(lease.replica.url + "/predictions", json=body)
+                resp = await self.http.request(method, lease.replica.url + path, json=body)
             except httpx.HTTPError as e:
                 rs.failed(lease)
                 raise replica_broke(deployment, e) from e
@@ -242,11 +255,24 @@ class Platform:
         raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
 
     async def predict_stream(self, deployment: str, body: dict[str, Any], prediction_id: str | None = None,
-                             on_replica: Callable[[str, float], None] | None = None,
+                             on_replica: Callable[[str, float], None] | None = None, sse: bool = True,
                              ) -> AsyncIterator[tuple[str, Any]]:
-        """(event, data) from a replica's SSE prediction: output, logs, then completed. With an id the
-        replica runs it as PUT /predictions/{id} (so it can be cancelled there); on_replica(url, waited_s)
-        is told where it runs."""
+        """("output", item), ("logs", text), then ("completed", prediction). `sse`: the model streams
+        (Cog's @streaming; others answer 406 to server-sent events): else one prediction, told as events."""
+        if not sse:
+            prediction = await self.predict(deployment, body, prediction_id, on_replica)
+            if prediction.get("logs"):
+                yield "logs", prediction["logs"]
+            output = prediction.get("output")
+            for item in output if isinstance(output, list) else ([] if output is None else [output]):
+                yield "output", item
+            yield "completed", prediction
+            return
+        async for item in self._sse_prediction(deployment, body, prediction_id, on_replica):
+            yield item
+
+    async def _sse_prediction(self, deployment: str, body: dict[str, Any], prediction_id: str | None,
+                              on_replica: Callable[[str, float], None] | None) -> AsyncIterator[tuple[str, Any]]:
         from server.translate.sse import SSEDecoder
         method, path = ("PUT", f"/predictions/{prediction_id}") if prediction_id else ("POST", "/predictions")
         for _ in range(MAX_REROUTES):
@@ -273,12 +299,11 @@ class Platform:
                 decoder = SSEDecoder()
                 async for raw in resp.aiter_bytes():
                     for event, data in decoder.feed(raw):
-                        try:
-                            value = json.loads(data)
-                        except ValueError:
-                            value = data
-                        yield event or "output", value
-                        if event == "completed":
+                        item = cog_event(event, data)
+                        if item is None:
+                            continue
+                        yield item
+                        if item[0] == "completed":
                             return
                 broke = True
                 raise UpstreamError(f"{deployment}: the replica's prediction stream ended early", None, "stream")
@@ -289,6 +314,29 @@ class Platform:
                 await resp.aclose()
                 (rs.failed if broke else rs.release)(lease)
         raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
+
+
+def supports_sse(version: Version | None) -> bool:
+    """Cog 0.23 answers server-sent events only for an entry point marked @streaming."""
+    if version is None:
+        return False
+    post = ((version.openapi_schema.get("paths") or {}).get("/predictions") or {}).get("post") or {}
+    return bool(post.get("x-cog-streaming"))
+
+
+def cog_event(event: str | None, data: str) -> tuple[str, Any] | None:
+    """One of Cog's events as (output | logs | completed, value); start and metric events say nothing new."""
+    try:
+        value: Any = json.loads(data)
+    except ValueError:
+        value = data
+    if event in (None, "output"):
+        return "output", value["chunk"] if isinstance(value, dict) and "chunk" in value else value
+    if event in ("log", "logs"):
+        return "logs", value.get("data", "") if isinstance(value, dict) else value
+    if event == "completed":
+        return "completed", value
+    return None
 
 
 def note_cold_start(lease: Lease) -> None:
