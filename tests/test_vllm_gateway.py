@@ -227,8 +227,8 @@ def test_cog_packaged_llm_streams_from_vllm_in_its_predictor(tmp_path) -> None:
             assert resp.status_code == 200
             for line in resp.iter_lines():
                 events.append(line)
-        outputs = [json.loads(e[6:]) for e, prev in zip(events[1:], events, strict=False)
-                   if e.startswith("data: ") and prev == "event: output"]
+        outputs = [json.loads(e[6:])["chunk"] for e, prev in zip(events[1:], events, strict=False)
+                   if e.startswith("data: ") and prev == "event: output"]      # Cog's {chunk, index}
         completed = next(json.loads(e[6:]) for e, prev in zip(events[1:], events, strict=False)
                          if prev == "event: completed")
         assert completed["status"] == "succeeded", completed
