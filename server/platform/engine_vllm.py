@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -115,13 +115,13 @@ class VllmProvider(Provider):
         raise AssertionError("unreachable")
 
     # ---- streamed ----
-    def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         return self._stream("chat", req, model, t)
 
-    def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         return self._stream("completions", req, model, t)
 
-    async def _stream(self, op: str, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    async def _stream(self, op: str, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         want_ids = bool(req.get("return_token_ids"))
         body = {**req, "model": model, "stream": True, "return_token_ids": True,
                 "stream_options": {**(req.get("stream_options") or {}), "include_usage": True}}
