@@ -13,24 +13,29 @@ run: compare within one run, never across machines.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
-from pathlib import Path
 
-import httpx
+# Run as a script, this file's directory comes first on sys.path, where benchmarks/platform.py would
+# hide the standard library's `platform` module (which uuid imports): look in the repository instead.
+sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
-from test_gateway_harness import GatewayProc
-from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing, vllm_python
+from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing, vllm_python  # noqa: E402
+
+from tests.gateway_harness import GatewayProc  # noqa: E402
 
 
 def wait_for(check, timeout: float, what: str):
