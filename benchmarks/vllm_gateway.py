@@ -75,12 +75,15 @@ def bench(base_url: str, model: str, tokenizer: Path, args: argparse.Namespace, 
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.prompts),
             "--max-concurrency", str(args.concurrency), "--ignore-eos", "--seed", "7", "--num-warmups", "4",
             "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
-            "--save-result", "--result-dir", str(out), "--result-filename", name]
+            "--save-result", "--result-dir", str(out), "--result-filename", name,
+            "--header", "x-cogkit-sse=data-only"]          # its SSE reader takes every line for data: no id lines
     env = {**os.environ, "OPENAI_API_KEY": key} if key else {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"vllm bench serve failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     result: dict = json.loads((out / name).read_text())
+    if not result.get("completed"):
+        raise SystemExit(f"no request succeeded against {base_url}: {(result.get('errors') or ['?'])[:2]}")
     return result
 
 

@@ -32,8 +32,11 @@ class VllmProvider(Provider):
     kind = "vllm"
 
     def __init__(self, platform: Platform, timeouts: Timeouts, registry_metrics: Any = None) -> None:
+        # The router's first-token limit covers a cold start (the replica is acquired inside the stream);
+        # a ready replica's silence is bounded apart, by STALL_FRACTION of the idle timeout.
+        cold = max((v.cold_start_timeout for v in platform.config.vllm), default=0.0)
         super().__init__(ProviderConfig(name=VLLM_PROVIDER, kind="openai", base_url="http://replicas",
-                                        max_connections=1024), timeouts)
+                                        max_connections=1024, timeouts=Timeouts(ttft=timeouts.ttft + cold)), timeouts)
         self.platform = platform
         self.scraper = Scraper(self._replica_urls, on_scrape=self._export)
         self.routers = {v.name: EngineRouter(lambda: self.scraper.loads, affinity=v.prefix_affinity)
