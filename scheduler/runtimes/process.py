@@ -62,10 +62,11 @@ class ProcessRuntime:
             raise RuntimeError_(f"{spec.name}: cannot run {argv[0]}: {e}") from e
         self._children[replica_id] = child
         labels = {**spec.labels, LABEL_PORT: str(spec.port)}
+        url = f"http://127.0.0.1:{spec.port}"
         record = {"id": replica_id, "name": spec.name, "pid": child.pid, "started": _start_time(child.pid),
-                  "labels": labels, "url": f"http://127.0.0.1:{spec.port}", "log": str(log_path)}
+                  "labels": labels, "url": url, "log": str(log_path)}
         self._record_path(replica_id).write_text(json.dumps(record))
-        return StartedReplica(replica_id, spec.name, labels, record["url"], True)
+        return StartedReplica(replica_id, spec.name, labels, url, True)
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:

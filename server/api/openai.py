@@ -22,8 +22,15 @@ async def _openai_call(request: Request, endpoint: str, wire: type) -> Response:
     if call.resolved.kind == "platform" and not (endpoint == "chat" and gw.platform.owns(call)):
         return error_response(request, 400, f"{call.model} is a platform model: call POST /ai/run/{call.model}")
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    relay = (lambda: OpenAIRelay(include_usage, completion=endpoint == "completions")) if stream else None
-    return await gw.serve(request, key, call, endpoint, body, relay=relay)
+    # `x-cogkit-sse: data-only`: `data:` lines only, for SSE readers that take every line for data (vLLM's
+    # benchmark client); such a stream is resumed by ?from=N, not Last-Event-ID.
+    data_only = request.headers.get("x-cogkit-sse") == "data-only"
+
+    def relay() -> OpenAIRelay:
+        made = OpenAIRelay(include_usage, completion=endpoint == "completions")
+        made.data_only = data_only
+        return made
+    return await gw.serve(request, key, call, endpoint, body, relay=relay if stream else None)
 
 
 @router.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))

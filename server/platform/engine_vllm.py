@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -32,8 +32,11 @@ class VllmProvider(Provider):
     kind = "vllm"
 
     def __init__(self, platform: Platform, timeouts: Timeouts, registry_metrics: Any = None) -> None:
+        # The router's first-token limit covers a cold start (the replica is acquired inside the stream);
+        # a ready replica's silence is bounded apart, by STALL_FRACTION of the idle timeout.
+        cold = max((v.cold_start_timeout for v in platform.config.vllm), default=0.0)
         super().__init__(ProviderConfig(name=VLLM_PROVIDER, kind="openai", base_url="http://replicas",
-                                        max_connections=1024), timeouts)
+                                        max_connections=1024, timeouts=Timeouts(ttft=timeouts.ttft + cold)), timeouts)
         self.platform = platform
         self.scraper = Scraper(self._replica_urls, on_scrape=self._export)
         self.routers = {v.name: EngineRouter(lambda: self.scraper.loads, affinity=v.prefix_affinity)
@@ -115,13 +118,13 @@ class VllmProvider(Provider):
         raise AssertionError("unreachable")
 
     # ---- streamed ----
-    def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    def chat_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         return self._stream("chat", req, model, t)
 
-    def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    def completions_stream(self, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         return self._stream("completions", req, model, t)
 
-    async def _stream(self, op: str, req: dict, model: str, t: Timeouts) -> AsyncIterator[dict]:
+    async def _stream(self, op: str, req: dict, model: str, t: Timeouts) -> AsyncGenerator[dict, None]:
         want_ids = bool(req.get("return_token_ids"))
         body = {**req, "model": model, "stream": True, "return_token_ids": True,
                 "stream_options": {**(req.get("stream_options") or {}), "include_usage": True}}

@@ -89,7 +89,7 @@ class Platform:
         def sink(name: str, status: dict[str, Any]) -> None:
             self._write(self.deployments.set_status, name, status)
 
-        import docker.errors as docker_errors  # type: ignore[import-untyped]
+        import docker.errors as docker_errors
 
         from scheduler.runtimes.process import ProcessRuntime
         from scheduler.runtimes.routed import RoutedRuntime
@@ -109,7 +109,8 @@ class Platform:
 
     def _desired(self) -> list[Any]:
         """Cog deployments from the store, and the engine: vllm ones from the config."""
-        return self.deployments.desired() + [v.desired() for v in self.config.vllm]
+        engines: list[Any] = [v.desired() for v in self.config.vllm]
+        return [*self.deployments.desired(), *engines]
 
     def _placer(self) -> Any:
         from server.platform.placement import make_placer

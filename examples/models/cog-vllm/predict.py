@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from cog import BasePredictor, ConcatenateIterator, Input, emit_metric
+from cog import BasePredictor, ConcatenateIterator, Input, emit_metric, streaming
 
 
 def _free_port() -> int:
@@ -50,6 +50,7 @@ class Predictor(BasePredictor):
             time.sleep(0.5)
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(connect=5, read=600, write=60, pool=5))
 
+    @streaming  # clients may ask for server-sent events (Accept: text/event-stream), as Cog requires
     def predict(
         self,
         prompt: str = Input(description="The user's message", min_length=1),
