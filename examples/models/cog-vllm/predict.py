@@ -26,6 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In vLLM's process, before it runs: SIGTERM it when this predictor's process dies, however it dies
+    (a killed worker would otherwise leave vLLM holding the GPU). Linux's PR_SET_PDEATHSIG."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 class Predictor(BasePredictor):
     def setup(self) -> None:
         model = os.environ.get("COG_VLLM_MODEL") or os.environ.get("COG_WEIGHTS") or "/src/model"
@@ -35,7 +43,7 @@ class Predictor(BasePredictor):
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
                 "model", "--host", "127.0.0.1", "--port", str(port), *shlex.split(os.environ.get("COG_VLLM_ARGS", ""))]
         print("starting vLLM:", " ".join(argv), flush=True)
-        self.server = subprocess.Popen(argv)
+        self.server = subprocess.Popen(argv, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + float(os.environ.get("COG_VLLM_STARTUP_TIMEOUT", "900"))
         while True:
             if self.server.poll() is not None:
