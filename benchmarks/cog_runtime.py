@@ -11,13 +11,16 @@ cached by tests/cog_reference.py), started with COG_PREDICT_TYPE_STUB and PORT, 
 venv's bin first on PATH, cwd = the project, and the project's schema in
 .cog/openapi_schema.json as `cog build` leaves it. Both servers listen on 127.0.0.1;
 the load generator is one process with keep-alive connections (http.client), the
-same for both, so the figures compare the servers rather than the client.
+same for both, so the figures compare the servers rather than the client. The CPU
+column (server and worker processes, from /proc, per request answered) is the figure
+to trust on a machine shared with other work, where requests/s swing with the load.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -31,12 +34,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import cog_reference as ref  # noqa: E402
+from tests import cog_reference as ref
 
 PROJECTS = {  # project -> (request body, clients for the concurrent run: its concurrency.max)
     "hello-world": ({"input": {"name": "bench"}}, 1),
     "async-concurrent": ({"input": {"text": "ab", "delay": 0}}, 4),
 }
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (the server and its model worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += children.get(current, [])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far: a figure that, unlike requests/s,
+    holds up on a machine shared with other work."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @dataclass
@@ -45,6 +79,7 @@ class Run:
     codes: Counter[int] = field(default_factory=Counter)
     failed: int = 0  # HTTP 200 but status "failed"
     seconds: float = 0.0
+    cpu: float = 0.0  # server + worker CPU seconds during the run
 
     def merge(self, other: Run) -> None:
         self.latencies += other.latencies
@@ -69,7 +104,7 @@ def client_loop(port: int, body: bytes, count: int) -> Run:
     return run
 
 
-def measure(port: int, body: dict, requests: int, clients: int) -> Run:
+def measure(port: int, body: dict, requests: int, clients: int, pids: list[int]) -> Run:
     data = json.dumps(body).encode()
     client_loop(port, data, 50)  # warm up: connections, caches, the worker's first import
     per_client = max(1, requests // clients)
@@ -79,12 +114,12 @@ def measure(port: int, body: dict, requests: int, clients: int) -> Run:
         results[i] = client_loop(port, data, per_client)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), cpu_seconds(pids)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    total = Run(seconds=time.perf_counter() - start)
+    total = Run(seconds=time.perf_counter() - start, cpu=cpu_seconds(pids) - cpu_before)
     for r in results:
         total.merge(r)
     return total
@@ -98,8 +133,9 @@ def row(name: str, mode: str, run: Run) -> str:
     errors = {str(code): n for code, n in sorted(run.codes.items()) if code != 200}
     if run.failed:
         errors["failed"] = run.failed
+    cpu_us = run.cpu / max(1, len(run.latencies)) * 1e6
     return (f"  {name:<8} {mode:<22} {ok / run.seconds:>9.0f}/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-            f"errors {sum(errors.values()):>4} {errors or ''}")
+            f"CPU {cpu_us:4.0f} us/req  errors {sum(errors.values()):>4} {errors or ''}")
 
 
 def serve(project: Path, which: str) -> ref.Server:
@@ -140,10 +176,12 @@ def main() -> None:
             for which in ("cog", "cogkit"):
                 server = serve(project, which)
                 port = int(server.url.rsplit(":", 1)[1])
+                pids = process_tree(server.proc.pid)
                 try:
-                    print(row(which, "sequential", measure(port, body, args.requests, 1)))
+                    print(row(which, "sequential", measure(port, body, args.requests, 1, pids)))
                     clients = max(slots, 4)
-                    print(row(which, f"{clients} concurrent clients", measure(port, body, args.requests, clients)))
+                    print(row(which, f"{clients} concurrent clients",
+                              measure(port, body, args.requests, clients, pids)))
                 finally:
                     ref.stop(server)
     finally:

@@ -55,7 +55,7 @@ _KINDS = {
 }
 _BUILTINS = {"str", "int", "float", "bool", "list", "dict"}
 
-_PRIMITIVES = {
+_PRIMITIVES: dict[str, dict[str, Any]] = {
     "str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
     "bool": {"type": "boolean"}, "Path": {"type": "string", "format": "uri"},
     "Secret": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True},
@@ -346,7 +346,8 @@ class _Module:
 
     def _model_chain(self, name: str) -> list[ast.ClassDef]:
         """Local classes from the furthest base down, so subclass fields come last (dataclass order)."""
-        chain, todo = [], [name]
+        chain: list[ast.ClassDef] = []
+        todo = [name]
         while todo:
             cls = self.classes[todo.pop()]
             if cls in chain:
@@ -367,8 +368,10 @@ class _Module:
             return node.value
         if isinstance(node, (ast.List, ast.Tuple)):
             return [self.literal(e, depth + 1) for e in node.elts]
-        if isinstance(node, ast.Dict) and None not in node.keys:
-            return {self.literal(k, depth + 1): self.literal(v, depth + 1) for k, v in zip(node.keys, node.values)}
+        if isinstance(node, ast.Dict):
+            keys = [k for k in node.keys if k is not None]  # None: a `**spread`, not a literal
+            if len(keys) == len(node.keys):
+                return {self.literal(k, depth + 1): self.literal(v, depth + 1) for k, v in zip(keys, node.values)}
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             value = self.literal(node.operand, depth + 1)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -552,7 +555,7 @@ def _enum_schema(name: str, typ: dict, choices: Any, where: str) -> dict:
     checks = {"string": lambda v: isinstance(v, str),
               "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
               "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
-    check = checks.get(typ.get("type")) if "format" not in typ else None
+    check = checks.get(str(typ.get("type"))) if "format" not in typ else None
     if check is None:
         raise SchemaError(f"{where}: choices are only supported for str, int and float inputs")
     bad = [c for c in choices if not check(c)]

@@ -45,12 +45,12 @@ def _build_quietly(script: Script, line: Line) -> None:
         script.last = Result(proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
         if not line.negate:
             script.fail(line, f"building {image} failed:\n{script.last.stderr[-3000:]}")
-        raise _BuildFailedAsExpected
+        raise _BuildFailedAsExpected(script.last)
     script.built = True
 
 
 class _BuildFailedAsExpected(Exception):
-    pass
+    """The build before a `! cog ...` line failed; what it said is in args[0] (a Result)."""
 
 
 def cog_argv(script: Script, line: Line, args: list[str]) -> list[str]:
@@ -83,7 +83,13 @@ def cog(script: Script, line: Line, args: list[str]) -> None:
             script.start_server(line, [*COGKIT, "serve", "-p", str(port), *args[1:], *extra], port)
             return
         argv = cog_argv(script, line, args)
-    except _BuildFailedAsExpected:
+    except _BuildFailedAsExpected as failed:
+        # As Cog's command would: what it says first (a deprecation), then the build's failure.
+        build = failed.args[0]
+        sub = args[0] if args else ""
+        script.exec(line, [*COGKIT, sub, script.env["TEST_IMAGE"], *args[1:]], expect_failure=True,
+                    what="cog command")
+        script.last = Result(build.stdout + script.last.stdout, script.last.stderr + build.stderr)
         return
     script.exec(line, argv, expect_failure=line.negate, what="cog command")
 
