@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import cog_reference as ref
+from tests import cog_reference as ref  # noqa: E402  (after the repo root is on sys.path)
 
 PROJECTS = {  # project -> (request body, clients for the concurrent run: its concurrency.max)
     "hello-world": ({"input": {"name": "bench"}}, 1),
