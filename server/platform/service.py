@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +24,7 @@ from server.platform.deployments import Deployment, Deployments
 from server.platform.predictions import Files, PredictionRunner
 from server.platform.registry import Registry, Version
 from server.providers.base import UpstreamError
+from server.providers.platform import cog_event, prediction_events, schema_streams
 from server.store import Store, cogkit_home
 
 log = logging.getLogger("cogkit.platform")
@@ -261,13 +261,8 @@ class Platform:
         """("output", item), ("logs", text), then ("completed", prediction). `sse`: the model streams
         (Cog's @streaming; others answer 406 to server-sent events): else one prediction, told as events."""
         if not sse:
-            prediction = await self.predict(deployment, body, prediction_id, on_replica)
-            if prediction.get("logs"):
-                yield "logs", prediction["logs"]
-            output = prediction.get("output")
-            for item in output if isinstance(output, list) else ([] if output is None else [output]):
-                yield "output", item
-            yield "completed", prediction
+            for item in prediction_events(await self.predict(deployment, body, prediction_id, on_replica)):
+                yield item
             return
         async for item in self._sse_prediction(deployment, body, prediction_id, on_replica):
             yield item
@@ -319,25 +314,7 @@ class Platform:
 
 def supports_sse(version: Version | None) -> bool:
     """Cog 0.23 answers server-sent events only for an entry point marked @streaming."""
-    if version is None:
-        return False
-    post = ((version.openapi_schema.get("paths") or {}).get("/predictions") or {}).get("post") or {}
-    return bool(post.get("x-cog-streaming"))
-
-
-def cog_event(event: str | None, data: str) -> tuple[str, Any] | None:
-    """One of Cog's events as (output | logs | completed, value); start and metric events say nothing new."""
-    try:
-        value: Any = json.loads(data)
-    except ValueError:
-        value = data
-    if event in (None, "output"):
-        return "output", value["chunk"] if isinstance(value, dict) and "chunk" in value else value
-    if event in ("log", "logs"):
-        return "logs", value.get("data", "") if isinstance(value, dict) else value
-    if event == "completed":
-        return "completed", value
-    return None
+    return version is not None and schema_streams(version.openapi_schema)
 
 
 def note_cold_start(lease: Lease) -> None:
