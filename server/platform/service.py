@@ -16,11 +16,13 @@ from typing import Any
 import httpx
 from prometheus_client import Counter, Histogram
 
-from scheduler.controller import Controller
+from scheduler.controller import Controller, replica_request
 from scheduler.replicas import Lease, ReplicaSet, Unavailable
+from scheduler.telemetry.metrics import InventoryCollector
 from server.catalog import Resolved, Target
 from server.platform.config import PlatformConfig
 from server.platform.deployments import Deployment, Deployments
+from server.platform.placement import PlatformPlacement
 from server.platform.predictions import Files, PredictionRunner
 from server.platform.registry import Registry, Version
 from server.providers.base import UpstreamError
@@ -72,6 +74,10 @@ class Platform:
                                      buckets=COLD_START_BUCKETS, registry=registry_metrics)
         self.rerouted = Counter("cogkit_platform_rerouted", "Requests a full replica (409) sent back to the queue",
                                 ["deployment"], registry=registry_metrics)
+        # The node inventory, read by the placer, the explain API and /metrics (GPU telemetry) alike.
+        self.placement = PlatformPlacement(self.config.inventory)
+        if self.placement.inventory is not None and registry_metrics is not None:
+            registry_metrics.register(InventoryCollector(self.placement.inventory))
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=5),
                                       limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
 
@@ -104,7 +110,7 @@ class Platform:
             docker = None
         runtime = RoutedRuntime(docker, processes)
         self.controller = Controller(runtime, self._desired, self.config.instance or instance_of(self.store),
-                                     placer=self._placer(), status_sink=sink, interval=self.config.interval)
+                                     placer=self.placement.placer, status_sink=sink, interval=self.config.interval)
         self.controller.start()
 
     def _desired(self) -> list[Any]:
@@ -112,9 +118,15 @@ class Platform:
         engines: list[Any] = [v.desired() for v in self.config.vllm]
         return [*self.deployments.desired(), *engines]
 
-    def _placer(self) -> Any:
-        from server.platform.placement import make_placer
-        return make_placer(self.config.inventory)
+    def explain(self, deployment: str) -> dict[str, Any] | None:
+        """The placement of one more replica of `deployment`, explained (None: no such deployment)."""
+        spec = (self.controller.desired.get(deployment) if self.controller is not None else None) or next(
+            (d for d in self._desired() if d.name == deployment), None)
+        if spec is None:
+            return None
+        request, running = (self.controller.placement_inputs(spec) if self.controller is not None
+                            else (replica_request(spec), []))
+        return {"deployment": deployment, **self.placement.explain(request, running)}
 
     async def shutdown(self) -> None:
         await self.predictions.aclose()
