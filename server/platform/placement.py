@@ -15,15 +15,23 @@ class PlatformPlacement:
     def __init__(self, inventory_file: str | None) -> None:
         self.inventory: Inventory | None = _inventory(inventory_file)
         self.policy = Policy.first_fit()
+        self.on_cluster = False         # every replica, CPU ones too, goes on one of the inventory's nodes
+
+    def use_cluster(self, inventory: Inventory) -> None:
+        """Place over a cluster's nodes (Ray: the agents' telemetry) instead of this node."""
+        self.inventory, self.on_cluster = inventory, True
+
+    def _here(self, request: ReplicaRequest) -> bool:
+        return self.inventory is None or (not request.gpu_count and not self.on_cluster)
 
     def placer(self, request: ReplicaRequest, running: list[RunningReplica]) -> Placement | NoFit:
-        if not request.gpu_count or self.inventory is None:
+        if self._here(request) or self.inventory is None:
             return cpu_placer(request, running)
         return place(self.inventory.read(), running, request, self.policy)
 
     def explain(self, request: ReplicaRequest, running: list[RunningReplica]) -> dict[str, Any]:
         """Every candidate's score terms and why the winner won, or which filter failed on how many GPUs."""
-        if request.gpu_count and self.inventory is not None:
+        if not self._here(request) and self.inventory is not None:
             return explain(self.inventory.read(), running, request, self.policy).to_dict()
         decision = cpu_placer(request, running)
         why = (decision.message if isinstance(decision, NoFit)

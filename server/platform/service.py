@@ -9,7 +9,7 @@ import contextvars
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,9 @@ class Platform:
                                 ["deployment"], registry=registry_metrics)
         # The node inventory, read by the placer, the explain API and /metrics (GPU telemetry) alike.
         self.placement = PlatformPlacement(self.config.inventory)
-        if self.placement.inventory is not None and registry_metrics is not None:
+        self._metrics = registry_metrics
+        self._ray_poller: Any = None          # the Ray agents' telemetry poller, with ray_address
+        if self.placement.inventory is not None and registry_metrics is not None and not self.config.ray_address:
             registry_metrics.register(InventoryCollector(self.placement.inventory))
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=5),
                                       limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
@@ -101,17 +103,32 @@ class Platform:
         from scheduler.runtimes.routed import RoutedRuntime
         home = self.store.sqlite_path.parent if self.store.sqlite_path else cogkit_home()
         processes = ProcessRuntime(Path(self.config.process_dir or home / "platform-processes"))
-        try:
-            docker: Any = await asyncio.to_thread(DockerRuntime)
-        except docker_errors.DockerException as e:    # no engine here: vLLM process replicas still run
-            if not self.config.vllm:
-                raise
-            log.warning("no Docker engine (%s): only process replicas (vLLM) run here", e)
-            docker = None
-        runtime = RoutedRuntime(docker, processes)
+        engine: Any
+        if self.config.ray_address:
+            engine = await asyncio.to_thread(self._on_ray, self.config.ray_address)
+        else:
+            try:
+                engine = await asyncio.to_thread(DockerRuntime)
+            except docker_errors.DockerException as e:    # no engine here: vLLM process replicas still run
+                if not self.config.vllm:
+                    raise
+                log.warning("no Docker engine (%s): only process replicas (vLLM) run here", e)
+                engine = None
+        runtime = RoutedRuntime(engine, processes)
         self.controller = Controller(runtime, self._desired, self.config.instance or instance_of(self.store),
                                      placer=self.placement.placer, status_sink=sink, interval=self.config.interval)
         self.controller.start()
+
+    def _on_ray(self, address: str) -> Any:
+        """Replicas on the Ray cluster at `address`: each started by the agent of the node placement
+        chose, placement over the agents' telemetry (which /metrics and the explain API then show)."""
+        from scheduler.runtimes.ray import on_cluster
+        runtime, _, polled = on_cluster(address, _GpuMemoryByDeployment(self), self.placement.policy)
+        self._ray_poller = polled
+        self.placement.use_cluster(polled)
+        if self._metrics is not None:
+            self._metrics.register(InventoryCollector(polled))
+        return runtime
 
     def _desired(self) -> list[Any]:
         """Cog deployments from the store, and the engine: vllm ones from the config."""
@@ -132,6 +149,8 @@ class Platform:
         await self.predictions.aclose()
         if self.controller is not None:
             await self.controller.close(self.config.stop_replicas_on_exit)
+        if self._ray_poller is not None:
+            self._ray_poller.stop()
         await self.http.aclose()
 
     # ---- model strings ----
@@ -322,6 +341,27 @@ class Platform:
                 await resp.aclose()
                 (rs.failed if broke else rs.release)(lease)
         raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
+
+
+class _GpuMemoryByDeployment(Mapping[str, int]):
+    """GPU memory a replica of each deployment takes, read live from the controller's desired state
+    (what a Ray node with simulated GPUs shows as used once the replica runs there)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+
+    def _sizes(self) -> dict[str, int]:
+        controller = self._platform.controller
+        return {n: d.gpu_memory_bytes for n, d in (controller.desired if controller is not None else {}).items()}
+
+    def __getitem__(self, name: str) -> int:
+        return self._sizes()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sizes())
+
+    def __len__(self) -> int:
+        return len(self._sizes())
 
 
 def supports_sse(version: Version | None) -> bool:
