@@ -18,23 +18,21 @@ refusals <= either baseline's, a local snapshot >= 10x faster than origin.
 from __future__ import annotations
 
 import argparse
+import http.server
+import json
 import os
+import struct
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
 
-# The repository root instead of benchmarks/ first on the path: a module there named like a
-# standard one (benchmarks/platform.py) would otherwise shadow it for every import below.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import httpx
 
-import http.server  # noqa: E402
-import json  # noqa: E402
-import struct  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterable  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
+# This checkout's scheduler/ first on the path (the installed package may point at another one).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scheduler.simulate import POLICIES, Simulation, render  # noqa: E402
 from scheduler.snapshots import SnapshotCache  # noqa: E402

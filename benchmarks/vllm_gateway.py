@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import sys
 
-# Run as a script, this file's directory comes first on sys.path, where benchmarks/platform.py would
-# hide the standard library's `platform` module (which uuid imports): look in the repository instead.
-sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+# This checkout's packages (server/, tests/) importable when run as a script.
+sys.path[0:0] = [str(__import__("pathlib").Path(__file__).resolve().parent.parent)]
 
 import argparse  # noqa: E402
 import json  # noqa: E402

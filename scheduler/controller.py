@@ -101,6 +101,11 @@ def cpu_placer(request: ReplicaRequest, running: list[RunningReplica]) -> Placem
     return Placement("local", (), Rung.ORIGIN, ScoreTerms(0.0, 0.0, 0.0, 0.0))
 
 
+def replica_request(spec: DesiredDeployment) -> ReplicaRequest:
+    """What one replica of `spec` asks placement for."""
+    return ReplicaRequest(spec.model, spec.version_id, spec.gpus, spec.gpu_memory_bytes, cpus=spec.cpus or 0.0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,6 +162,17 @@ class Controller:
                                   spec.cold_start_timeout if spec else 300.0, self.wake)
             state = self.states[deployment] = DeploymentState(replicas)
         return state.replicas
+
+    def placement_inputs(self, spec: DesiredDeployment) -> tuple[ReplicaRequest, list[RunningReplica]]:
+        """What the placer is asked for one more replica of `spec`: the request, and every replica
+        running or being placed (the same inputs `GET /v1/scheduler/explain` shows)."""
+        running = [RunningReplica(t.replica.id, spec.model, t.replica.labels.get(LABEL_VERSION, ""),
+                                  t.replica.labels.get(LABEL_NODE, "local"),
+                                  tuple(filter(None, t.replica.labels.get(LABEL_DEVICES, "").split(","))),
+                                  spec.gpu_memory_bytes,
+                                  ReplicaState.READY if t.ready else ReplicaState.STARTING)
+                   for s in self.states.values() for t in s.tracked.values() if not t.stopping]
+        return replica_request(spec), [*running, *self._placing.values()]
 
     def wake(self) -> None:
         """Run a pass now (callable from any thread: API handlers run in worker threads)."""
@@ -326,15 +342,8 @@ class Controller:
         state.starting += 1
         placing = ""
         try:
-            running = [RunningReplica(t.replica.id, spec.model, t.replica.labels.get(LABEL_VERSION, ""),
-                                      t.replica.labels.get(LABEL_NODE, "local"),
-                                      tuple(filter(None, t.replica.labels.get(LABEL_DEVICES, "").split(","))),
-                                      spec.gpu_memory_bytes,
-                                      ReplicaState.READY if t.ready else ReplicaState.STARTING)
-                       for s in self.states.values() for t in s.tracked.values() if not t.stopping]
-            request = ReplicaRequest(spec.model, spec.version_id, spec.gpus, spec.gpu_memory_bytes,
-                                     cpus=spec.cpus or 0.0)
-            choice = self.placer(request, [*running, *self._placing.values()])
+            request, running = self.placement_inputs(spec)
+            choice = self.placer(request, running)
             if isinstance(choice, NoFit):
                 self._record_failure(name, state, f"no room to place a replica: {choice.message}", None, "")
                 return

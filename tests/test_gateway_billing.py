@@ -137,3 +137,21 @@ def test_platform_model_runs_on_a_cog_server(serve_project, gateway):
         assert c.post("/v1/chat/completions", json={"model": "@acme/echo", "messages": MSG}).status_code == 400
     with pytest.raises(httpx.HTTPStatusError):
         httpx.post(g.url + "/ai/run/@acme/echo", json={"prompt": "no key"}).raise_for_status()
+
+
+def test_streamed_call_to_a_non_streaming_cog_server_is_one_prediction_relayed(serve_project, gateway):
+    # Cog 0.23 answers 406 to server-sent events for a model that is not @cog.streaming: the provider
+    # asks it for one prediction and tells the result as the same events a streaming model would.
+    cog = serve_project(EXAMPLES / "hello-world")
+    g = gateway({"providers": [{"name": "local-cog", "kind": "platform", "base_url": cog.url}],
+                 "models": [{"name": "@acme/hello", "deployments": [{"provider": "local-cog"}]}]})
+    with g.http(g.admin_key) as c:
+        r = c.post("/ai/run/@acme/hello", json={"input": {"name": "stream"}, "stream": True})
+        assert r.status_code == 200, r.text
+        events = [block for block in r.text.split("\n\n") if block.strip()]
+        outputs = [json.loads(line[6:]) for b in events if "event: output" in b for line in b.split("\n")
+                   if line.startswith("data: ")]
+        assert outputs == ["hello stream"], r.text
+        assert "event: logs" in r.text and "greeting stream" in r.text
+        assert "event: completed" in events[-1] and '"succeeded"' in events[-1]
+        assert c.post("/ai/run/@acme/hello", json={"input": {"name": "plain"}}).json()["output"] == "hello plain"

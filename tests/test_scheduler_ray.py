@@ -1,24 +1,16 @@
-"""The scheduler on a real Ray cluster: three nodes on this machine (real GCS and raylet processes,
-started by ray.cluster_utils.Cluster), each with a simulated GPU inventory given as Ray resources
-and reported by its node agent; replicas are real Cog servers (`cogkit serve` of hello-world)
-started by the agent of the node placement chose.
-
-Ray picks the node address itself (it replaces 127.0.0.1 with this machine's address for the
-cluster's own ports); the replicas listen on 127.0.0.1.
+"""The scheduler on a real Ray cluster: three nodes on this machine (tests/ray_support.py), each
+with a simulated GPU inventory given as Ray resources and reported by its node agent; replicas are
+real Cog servers (`cogkit serve` of hello-world) started by the agent of the node placement chose.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +19,19 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray[default] is not installed (pip install -e '.[test]')")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
 from scheduler.autoscaler import ScalePolicy  # noqa: E402
 from scheduler.controller import Controller, DesiredDeployment  # noqa: E402
 from scheduler.placement import Placement, ReplicaRequest, Rung, place  # noqa: E402
-from scheduler.ray_agent import start_agent  # noqa: E402
 from scheduler.ray_inventory import (  # noqa: E402
-    AGENT_NAMESPACE,
     GPU_RESOURCE,
     RayInventory,
-    agent_name,
     node_resource,
-    node_resources,
 )
 from scheduler.replicas import ReplicaSet  # noqa: E402
 from scheduler.runtimes.base import LABEL_NODE  # noqa: E402
 from scheduler.runtimes.ray import RayRuntime, on_cluster  # noqa: E402
 from scheduler.telemetry.polling import PollingInventory  # noqa: E402
-from scheduler.telemetry.simulated import SimulatedInventory  # noqa: E402
+from tests.ray_support import RayCluster, ray_cluster_of, simulated_gpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = ROOT / "examples" / "models" / "hello-world"
@@ -54,36 +40,7 @@ GIB = 2**30
 REPLICA_GPU_MEMORY = 20 * GIB          # one replica per 24 GiB GPU
 READY_TIMEOUT = 180.0                  # cogkit serve on two heavily shared cores
 
-INVENTORY = "nodes:\n" + "".join(
-    f"  - name: {n}\n    cpus: 4\n    memory: 32GiB\n    labels: {{zone: z{n}}}\n"
-    "    gpus: {count: 2, name: Simulated A10, memory: 24GiB, compute_capability: '8.6'}\n" for n in NODES)
-
-
-@dataclass
-class RayCluster:
-    cluster: Any
-    nodes: dict[str, Any]              # name -> the Node handle (its raylet and workers)
-    agents: dict[str, Any]
-    state_dirs: dict[str, Path]
-
-    def kill_node(self, name: str) -> None:
-        """The machine goes down: its raylet (and so its agent) killed, and its replicas with it."""
-        pids = ray.get(self.agents[name].pids.remote(), timeout=30)
-        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
-        for pid in pids:
-            _killpg(pid)
-
-
-def _killpg(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_recorded_replicas(state_dir: Path) -> None:
-    for record in (state_dir / "replicas").glob("*.json"):
-        _killpg(json.loads(record.read_text())["pid"])
+INVENTORY = simulated_gpus(NODES)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -108,49 +65,8 @@ async def wait_async(condition: Callable[[], Any], timeout: float, what: str) ->
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
-    # Short: Ray's Unix socket paths live under it (and must stay under 108 characters).
-    temp = Path(tempfile.mkdtemp(prefix="ckray-"))
-    readings = _readings()
-    state_dirs = {n: temp / f"node-{n}" for n in NODES}
-    cluster: Any = None
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        # Cluster records the head's address under the default Ray temp dir, as `ray start` does.
-        (Path(tempfile.gettempdir()) / "ray").mkdir(exist_ok=True)
-        try:
-            cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "resources": node_resources(readings["a"]), "temp_dir": str(temp / "ray"),
-                "include_dashboard": False})
-            nodes = {"a": cluster.head_node}
-            for name in NODES[1:]:
-                nodes[name] = cluster.add_node(num_cpus=1, resources=node_resources(readings[name]))
-            ray.init(address=cluster.address, namespace=AGENT_NAMESPACE, logging_level="warning")
-            agents = {n: start_agent(n, INVENTORY, str(state_dirs[n])) for n in NODES[:-1]}
-            # the last joins as an operator would, with the agent's command line
-            inventory_file = temp / "inventory.yaml"
-            inventory_file.write_text(INVENTORY)
-            last = NODES[-1]
-            subprocess.run([sys.executable, "-m", "scheduler.ray_agent", "start", "--address", cluster.address,
-                            "--node", last, "--inventory", str(inventory_file), "--state-dir", str(state_dirs[last])],
-                           cwd=ROOT, check=True, timeout=120)
-            agents[last] = ray.get_actor(agent_name(last), namespace=AGENT_NAMESPACE)
-            yield RayCluster(cluster, nodes, agents, state_dirs)
-        finally:
-            for state_dir in state_dirs.values():
-                _kill_recorded_replicas(state_dir)
-            ray.shutdown()
-            if cluster is not None:
-                cluster.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
-
-
-def _readings() -> dict[str, Any]:
-    path = Path(tempfile.mkdtemp(prefix="ckinv-")) / "inventory.yaml"
-    path.write_text(INVENTORY)
-    try:
-        return {r.name: r for r in SimulatedInventory.from_yaml(path).read().nodes}
-    finally:
-        shutil.rmtree(path.parent, ignore_errors=True)
+    with ray_cluster_of(NODES, INVENTORY) as cluster:
+        yield cluster
 
 
 def deployment(name: str, version: str, replicas: int) -> DesiredDeployment:

@@ -7,16 +7,19 @@
     PATCH  /v1/deployments/{ns}/{name}           change some fields (min/max replicas, version, ...)
     DELETE /v1/deployments/{ns}/{name}           its replicas are drained, then stopped
     POST   /v1/deployments:apply                 a YAML document of deployments (text/yaml body)
+    GET    /v1/scheduler/explain?deployment=ns/m where one more replica would go, each candidate's
+                                                 score terms (admin keys only: it shows the whole fleet)
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.auth import KeyInfo
-from server.platform.api_models import _platform, json_body, platform_call
+from server.platform.api_models import _platform, json_body, platform_call, problem
 from server.platform.deployments import Deployment
 from server.platform.registry import RegistryError
 
@@ -116,3 +119,19 @@ async def delete_deployment(request: Request, ns: str, name: str) -> JSONRespons
         _changed(request)
         return {"deleted": f"{ns}/{name}"}
     return await platform_call(request, work)
+
+
+@router.get("/v1/scheduler/explain")
+async def explain_placement(request: Request, deployment: str | None = None) -> JSONResponse:
+    key = await request.app.state.gateway.authenticate(request)
+    if not key.admin:
+        return problem(403, "the placement explain shows every node and replica: it needs an admin key")
+    if not deployment:
+        return problem(422, "deployment: expected a query parameter naming a deployment, e.g. ?deployment=acme/hello")
+    platform = _platform(request)
+    # On the event loop when the controller holds the deployment (its state lives there); else a store read.
+    explained = (platform.explain(deployment) if platform.controller is not None
+                 and deployment in platform.controller.desired else await asyncio.to_thread(platform.explain, deployment))
+    if explained is None:
+        return problem(404, f"deployment: there is no deployment {deployment}")
+    return JSONResponse(explained)

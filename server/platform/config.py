@@ -13,5 +13,6 @@ class PlatformConfig(BaseModel):
     interval: float = 1.0                   # seconds between reconcile passes (a waiting request wakes it at once)
     stop_replicas_on_exit: bool = True      # a clean stop leaves no container behind (kill -9 leaves them: adopted)
     inventory: str | None = None            # a simulated GPU inventory (YAML); default: NVML if present, else none
+    ray_address: str | None = None          # run replicas on this Ray cluster (its node agents), not the local engine
     vllm: list[VllmDeploymentConfig] = Field(default_factory=list)   # engine: vllm deployments (server/platform/vllm.py)
     process_dir: str | None = None          # process replicas' pid records and logs; default: <home>/platform-processes

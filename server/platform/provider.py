@@ -17,7 +17,7 @@ from server.platform.service import (
     supports_sse,
 )
 from server.providers.base import Provider, Unsupported, UpstreamError
-from server.providers.platform import _raise_if_failed
+from server.providers.platform import raise_if_failed
 
 
 class ManagedProvider(Provider):
@@ -47,7 +47,7 @@ class ManagedProvider(Provider):
     async def run(self, inputs: dict[str, Any], model: str, t: Timeouts) -> dict[str, Any]:
         prediction = await self.platform.predict(model, {"input": self._checked(inputs)})
         note_metrics(prediction)
-        _raise_if_failed(prediction)
+        raise_if_failed(prediction)
         return prediction
 
     # ---- chat-shaped models through the OpenAI API ----
@@ -78,5 +78,5 @@ class ManagedProvider(Provider):
         async for event, value in self.platform.predict_stream(model, {"input": self._checked(inputs)}, sse=sse):
             if event == "completed":
                 note_metrics(value)
-                _raise_if_failed(value)
+                raise_if_failed(value)
             yield event, value

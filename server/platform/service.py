@@ -7,24 +7,26 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client import Counter, Histogram
 
-from scheduler.controller import Controller
+from scheduler.controller import Controller, replica_request
 from scheduler.replicas import Lease, ReplicaSet, Unavailable
+from scheduler.telemetry.metrics import InventoryCollector
 from server.catalog import Resolved, Target
 from server.platform.config import PlatformConfig
 from server.platform.deployments import Deployment, Deployments
+from server.platform.placement import PlatformPlacement
 from server.platform.predictions import Files, PredictionRunner
 from server.platform.registry import Registry, Version
 from server.providers.base import UpstreamError
+from server.providers.platform import cog_event, prediction_events, schema_streams
 from server.store import Store, cogkit_home
 
 log = logging.getLogger("cogkit.platform")
@@ -72,6 +74,12 @@ class Platform:
                                      buckets=COLD_START_BUCKETS, registry=registry_metrics)
         self.rerouted = Counter("cogkit_platform_rerouted", "Requests a full replica (409) sent back to the queue",
                                 ["deployment"], registry=registry_metrics)
+        # The node inventory, read by the placer, the explain API and /metrics (GPU telemetry) alike.
+        self.placement = PlatformPlacement(self.config.inventory)
+        self._metrics = registry_metrics
+        self._ray_poller: Any = None          # the Ray agents' telemetry poller, with ray_address
+        if self.placement.inventory is not None and registry_metrics is not None and not self.config.ray_address:
+            registry_metrics.register(InventoryCollector(self.placement.inventory))
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=None, write=60, pool=5),
                                       limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
 
@@ -95,31 +103,54 @@ class Platform:
         from scheduler.runtimes.routed import RoutedRuntime
         home = self.store.sqlite_path.parent if self.store.sqlite_path else cogkit_home()
         processes = ProcessRuntime(Path(self.config.process_dir or home / "platform-processes"))
-        try:
-            docker: Any = await asyncio.to_thread(DockerRuntime)
-        except docker_errors.DockerException as e:    # no engine here: vLLM process replicas still run
-            if not self.config.vllm:
-                raise
-            log.warning("no Docker engine (%s): only process replicas (vLLM) run here", e)
-            docker = None
-        runtime = RoutedRuntime(docker, processes)
+        engine: Any
+        if self.config.ray_address:
+            engine = await asyncio.to_thread(self._on_ray, self.config.ray_address)
+        else:
+            try:
+                engine = await asyncio.to_thread(DockerRuntime)
+            except docker_errors.DockerException as e:    # no engine here: vLLM process replicas still run
+                if not self.config.vllm:
+                    raise
+                log.warning("no Docker engine (%s): only process replicas (vLLM) run here", e)
+                engine = None
+        runtime = RoutedRuntime(engine, processes)
         self.controller = Controller(runtime, self._desired, self.config.instance or instance_of(self.store),
-                                     placer=self._placer(), status_sink=sink, interval=self.config.interval)
+                                     placer=self.placement.placer, status_sink=sink, interval=self.config.interval)
         self.controller.start()
+
+    def _on_ray(self, address: str) -> Any:
+        """Replicas on the Ray cluster at `address`: each started by the agent of the node placement
+        chose, placement over the agents' telemetry (which /metrics and the explain API then show)."""
+        from scheduler.runtimes.ray import on_cluster
+        runtime, _, polled = on_cluster(address, _GpuMemoryByDeployment(self), self.placement.policy)
+        self._ray_poller = polled
+        self.placement.use_cluster(polled)
+        if self._metrics is not None:
+            self._metrics.register(InventoryCollector(polled))
+        return runtime
 
     def _desired(self) -> list[Any]:
         """Cog deployments from the store, and the engine: vllm ones from the config."""
         engines: list[Any] = [v.desired() for v in self.config.vllm]
         return [*self.deployments.desired(), *engines]
 
-    def _placer(self) -> Any:
-        from server.platform.placement import make_placer
-        return make_placer(self.config.inventory)
+    def explain(self, deployment: str) -> dict[str, Any] | None:
+        """The placement of one more replica of `deployment`, explained (None: no such deployment)."""
+        spec = (self.controller.desired.get(deployment) if self.controller is not None else None) or next(
+            (d for d in self._desired() if d.name == deployment), None)
+        if spec is None:
+            return None
+        request, running = (self.controller.placement_inputs(spec) if self.controller is not None
+                            else (replica_request(spec), []))
+        return {"deployment": deployment, **self.placement.explain(request, running)}
 
     async def shutdown(self) -> None:
         await self.predictions.aclose()
         if self.controller is not None:
             await self.controller.close(self.config.stop_replicas_on_exit)
+        if self._ray_poller is not None:
+            self._ray_poller.stop()
         await self.http.aclose()
 
     # ---- model strings ----
@@ -261,13 +292,8 @@ class Platform:
         """("output", item), ("logs", text), then ("completed", prediction). `sse`: the model streams
         (Cog's @streaming; others answer 406 to server-sent events): else one prediction, told as events."""
         if not sse:
-            prediction = await self.predict(deployment, body, prediction_id, on_replica)
-            if prediction.get("logs"):
-                yield "logs", prediction["logs"]
-            output = prediction.get("output")
-            for item in output if isinstance(output, list) else ([] if output is None else [output]):
-                yield "output", item
-            yield "completed", prediction
+            for item in prediction_events(await self.predict(deployment, body, prediction_id, on_replica)):
+                yield item
             return
         async for item in self._sse_prediction(deployment, body, prediction_id, on_replica):
             yield item
@@ -317,27 +343,30 @@ class Platform:
         raise UpstreamError(f"{deployment}: every replica stayed busy", 503, "http", retry_after=1)
 
 
+class _GpuMemoryByDeployment(Mapping[str, int]):
+    """GPU memory a replica of each deployment takes, read live from the controller's desired state
+    (what a Ray node with simulated GPUs shows as used once the replica runs there)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+
+    def _sizes(self) -> dict[str, int]:
+        controller = self._platform.controller
+        return {n: d.gpu_memory_bytes for n, d in (controller.desired if controller is not None else {}).items()}
+
+    def __getitem__(self, name: str) -> int:
+        return self._sizes()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sizes())
+
+    def __len__(self) -> int:
+        return len(self._sizes())
+
+
 def supports_sse(version: Version | None) -> bool:
     """Cog 0.23 answers server-sent events only for an entry point marked @streaming."""
-    if version is None:
-        return False
-    post = ((version.openapi_schema.get("paths") or {}).get("/predictions") or {}).get("post") or {}
-    return bool(post.get("x-cog-streaming"))
-
-
-def cog_event(event: str | None, data: str) -> tuple[str, Any] | None:
-    """One of Cog's events as (output | logs | completed, value); start and metric events say nothing new."""
-    try:
-        value: Any = json.loads(data)
-    except ValueError:
-        value = data
-    if event in (None, "output"):
-        return "output", value["chunk"] if isinstance(value, dict) and "chunk" in value else value
-    if event in ("log", "logs"):
-        return "logs", value.get("data", "") if isinstance(value, dict) else value
-    if event == "completed":
-        return "completed", value
-    return None
+    return version is not None and schema_streams(version.openapi_schema)
 
 
 def note_cold_start(lease: Lease) -> None:

@@ -1,7 +1,7 @@
 """The platform's own costs, in one run, on the real engine and registry:
 
     eval "$(bash .ci/docker-services.sh --env)"
-    python benchmarks/platform.py [--warm-requests 300] [--seconds 5]
+    python benchmarks/platform_deployments.py [--warm-requests 300] [--seconds 5]
 
 Prints:
   1. cold start of the hello-world deployment from zero replicas: request -> first byte, a few times
@@ -13,29 +13,25 @@ Prints:
 """
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+import statistics
 import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
 
-# Run as a script, this file's directory comes first on sys.path, and its name would hide the
-# standard library's `platform` module (which uuid imports): look in the repository instead.
-sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+import httpx
 
-import argparse  # noqa: E402 - after the sys.path fix above
-import asyncio  # noqa: E402 - after the sys.path fix above
-import os  # noqa: E402 - after the sys.path fix above
-import statistics  # noqa: E402 - after the sys.path fix above
-import tempfile  # noqa: E402 - after the sys.path fix above
-import time  # noqa: E402 - after the sys.path fix above
-import uuid  # noqa: E402 - after the sys.path fix above
-from pathlib import Path  # noqa: E402 - after the sys.path fix above
-
-import httpx  # noqa: E402 - after the sys.path fix above
-
+# The repository (this checkout's cogkit/server) and tests/ (the gateway harness) first on the path.
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(1, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_gateway_harness import GatewayProc  # noqa: E402 - after the sys.path fix above
+from test_gateway_harness import GatewayProc  # noqa: E402 - after the sys.path setup above
 
-from cogkit.build import builder, registry  # noqa: E402 - after the sys.path fix above
+from cogkit.build import builder, registry  # noqa: E402 - after the sys.path setup above
 
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
