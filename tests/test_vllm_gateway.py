@@ -253,9 +253,12 @@ def test_sigkill_mid_stream_continues_on_the_other_replica(vllm_platform) -> Non
     gw, key = vllm_platform.gw, vllm_platform.key
     client = gw.openai(key)
     max_tokens = 300
+    rows_before_reference = len(gw.usage(key, 0))
     reference = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens, **GREEDY)
     expected = reference.choices[0].message.content
-    before = len(gw.usage(key, 0))
+    # The reference's own bill lands a moment after its answer (billing is batched): wait for it, or the
+    # stream below would seem billed twice.
+    before = len(gw.usage(key, rows_before_reference + 1, timeout=20))
     replicas = vllm_platform.wait_ready(2)
 
     logged = {r["id"]: _requests_logged(r) for r in replicas}
