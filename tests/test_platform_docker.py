@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from conftest import EXAMPLES, ROOT
 from test_gateway_harness import GatewayProc
 
 from cogkit.build import builder, registry
+from tests.net import until
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
@@ -34,18 +34,6 @@ CRASHER = {"cog.yaml": 'build:\n  python_version: "3.11"\npredict: "predict.py:P
                           "    def setup(self) -> None:\n        print('loading weights')\n"
                           "        raise RuntimeError('boom: the weights are missing')\n\n"
                           "    def predict(self, name: str = 'x') -> str:\n        return name\n")}
-
-
-def until(check: Callable[[], Any], timeout: float = 120, what: str = "the condition") -> Any:
-    """Poll `check` until it returns something truthy (a condition, never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

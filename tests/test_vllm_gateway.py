@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,21 +22,12 @@ import pytest
 from test_gateway_harness import GatewayProc
 from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing
 
+from tests.net import until
+
 MODEL = "@vt/tiny"
 PROMPT = [{"role": "system", "content": "You are a tiny random model."},
           {"role": "user", "content": "Say something long."}]
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 class VllmPlatform:

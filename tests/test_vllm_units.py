@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,16 +16,7 @@ from scheduler.runtimes.base import LABEL_DEPLOYMENT, LABEL_PLATFORM, ReplicaSpe
 from scheduler.runtimes.process import ProcessRuntime
 from server.platform.continuation import Progress, strip_ids
 from server.platform.vllm import VllmDeploymentConfig
-
-
-def until(check: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.net import until
 
 
 def _answers(url: str) -> bool:
