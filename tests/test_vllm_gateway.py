@@ -12,6 +12,8 @@ import json
 import os
 import re
 import signal
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -238,6 +240,36 @@ def _requests_logged(replica: dict) -> int:
     return Path(replica["log"]).read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
 
 
+def _stop_when_it_starts_answering(replicas: list[dict], logged: dict[str, int]
+                                   ) -> tuple[threading.Thread, threading.Event, list[dict]]:
+    """A watcher that slows the replica that starts answering (SIGCONT for 2 ms, SIGSTOP for 20), and leaves it
+    stopped once the client has read text (the returned event): on an idle machine a tiny model otherwise
+    finishes its whole answer before the client has read its first characters, and no kill could land
+    mid-answer. Returns the watcher, the event to set, and the replica it stopped."""
+    client_read_text = threading.Event()
+    stopped: list[dict] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not stopped:
+            for r in replicas:
+                if _requests_logged(r) > logged[r["id"]]:
+                    os.killpg(r["pid"], signal.SIGSTOP)
+                    stopped.append(r)
+                    break
+            else:
+                time.sleep(0.001)
+        while stopped and not client_read_text.is_set() and time.monotonic() < deadline:
+            os.killpg(stopped[0]["pid"], signal.SIGCONT)
+            time.sleep(0.002)
+            os.killpg(stopped[0]["pid"], signal.SIGSTOP)
+            client_read_text.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher, client_read_text, stopped
+
+
 def test_sigkill_mid_stream_continues_on_the_other_replica(vllm_platform) -> None:
     """The replica streaming a greedy answer is killed; the client's text is one healthy replica's answer."""
     gw, key = vllm_platform.gw, vllm_platform.key
@@ -253,6 +285,7 @@ def test_sigkill_mid_stream_continues_on_the_other_replica(vllm_platform) -> Non
 
     logged = {r["id"]: _requests_logged(r) for r in replicas}
     text, usage, ids, killed = "", None, set(), None
+    watcher, read_text, stopped = _stop_when_it_starts_answering(replicas, logged)
     stream = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens, stream=True,
                                             stream_options={"include_usage": True}, **GREEDY)
     for chunk in stream:
@@ -261,12 +294,13 @@ def test_sigkill_mid_stream_continues_on_the_other_replica(vllm_platform) -> Non
             text += chunk.choices[0].delta.content
         if chunk.usage:
             usage = chunk.usage
-        if killed is None and len(text) >= 5:
-            busy = [r for r in replicas if _requests_logged(r) > logged[r["id"]]]
-            assert len(busy) == 1, "one replica should be generating this answer"
-            killed = busy[0]
+        if killed is None and text:
+            read_text.set()
+            watcher.join(timeout=30)
+            assert stopped, "one replica should be answering"
+            killed = stopped[0]
             assert killed["pid"] and len(text) < len(expected) - 20, "the kill must land mid-answer"
-            os.killpg(killed["pid"], signal.SIGKILL)
+            os.killpg(killed["pid"], signal.SIGKILL)     # a stopped process dies too
     assert killed is not None
     assert text == expected                       # nothing repeated, nothing missing
     assert len(ids) == 1
@@ -294,26 +328,25 @@ def test_a_stalled_replica_is_left_and_the_stream_continues(vllm_platform) -> No
                                               **GREEDY).choices[0].message.content
     continued_before = _continuations(gw)
     logged = {r["id"]: _requests_logged(r) for r in replicas}
-    text, usage, stopped = "", None, None
+    text, usage = "", None
+    watcher, read_text, stopped_list = _stop_when_it_starts_answering(replicas, logged)   # alive, holding the connection, silent
     try:
         for chunk in client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=max_tokens, stream=True,
                                                     stream_options={"include_usage": True}, **GREEDY):
             if chunk.choices and chunk.choices[0].delta.content:
                 text += chunk.choices[0].delta.content
+                read_text.set()
             if chunk.usage:
                 usage = chunk.usage
-            if stopped is None and len(text) >= 5:
-                busy = [r for r in replicas if _requests_logged(r) > logged[r["id"]]]
-                assert len(busy) == 1, "one replica should be generating this answer"
-                stopped = busy[0]
-                os.killpg(stopped["pid"], signal.SIGSTOP)        # alive, holding the connection, silent
     finally:
-        if stopped is not None:
+        read_text.set()
+        watcher.join(timeout=30)
+        for r in stopped_list:
             try:
-                os.killpg(stopped["pid"], signal.SIGCONT)
+                os.killpg(r["pid"], signal.SIGCONT)
             except ProcessLookupError:
                 pass
-    assert stopped is not None
+    assert stopped_list, "one replica should have been answering"
     assert text == expected
     assert usage is not None and usage.completion_tokens == max_tokens
     assert _continuations(gw) == continued_before + 1
