@@ -29,9 +29,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_gateway_harness import GatewayProc  # noqa: E402 - after the sys.path setup above
-
 from cogkit.build import builder, registry  # noqa: E402 - after the sys.path setup above
+from tests.gateway_harness import GatewayProc  # noqa: E402 - after the sys.path setup above
 
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"

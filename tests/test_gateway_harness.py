@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-# Re-exported for test modules that still import the harness from here.
+# The harness, importable from here too (tests/gateway_harness.py is its home).
 from tests.gateway_harness import GatewayProc, fakes, gateway, provider  # noqa: F401
 
 

@@ -20,9 +20,9 @@ import docker.errors
 import httpx
 import pytest
 from conftest import EXAMPLES, ROOT
-from test_gateway_harness import GatewayProc
 
 from cogkit.build import builder, registry
+from tests.gateway_harness import GatewayProc
 from tests.net import until
 
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"

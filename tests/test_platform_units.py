@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 from pg import pg_url, store_url  # noqa: F401 - fixtures
-from test_gateway_harness import gateway  # noqa: F401 - fixture
 
 from scheduler.autoscaler import (
     Load,
@@ -17,6 +16,7 @@ from scheduler.autoscaler import (
     idle_to_drain,
 )
 from scheduler.replicas import ColdStartTimeout, QueueFull, ReplicaSet, Unavailable
+from tests.gateway_harness import gateway  # noqa: F401 - fixture
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64

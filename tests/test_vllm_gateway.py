@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
-from test_gateway_harness import GatewayProc
 from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing
 
+from tests.gateway_harness import GatewayProc
 from tests.net import until
 
 MODEL = "@vt/tiny"
