@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ pytest.importorskip("ray", reason="ray[default] is not installed (pip install -e
 from cogkit.build import builder, registry  # noqa: E402
 from scheduler.runtimes.base import LABEL_NODE, LABEL_PLATFORM  # noqa: E402
 from tests.conftest import EXAMPLES  # noqa: E402
+from tests.net import until
 from tests.ray_support import RayCluster, ray_cluster_of, simulated_gpus  # noqa: E402
 
 NODES = ("ra", "rb")
@@ -41,16 +41,6 @@ def engine():
 def docker_cluster(engine) -> Iterator[RayCluster]:
     with ray_cluster_of(NODES, simulated_gpus(NODES), engine="docker") as cluster:
         yield cluster
-
-
-def _until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)  # polling a condition, not waiting a fixed time
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def test_the_platform_runs_replicas_on_ray_and_routes_model_strings_to_them(engine, docker_cluster, gateway) -> None:
@@ -86,7 +76,7 @@ def test_the_platform_runs_replicas_on_ray_and_routes_model_strings_to_them(engi
         def telemetry() -> str | None:
             text = gw.metrics()
             return text if 'node="rb"' in text else None
-        text = _until(telemetry, 30, "the agents' telemetry")
+        text = until(telemetry, 30, "the agents' telemetry")
         assert len(re.findall(r'^cogkit_gpu_memory_total_bytes\{[^}]*node="r[ab]"', text, re.M)) == 4
         with gw.http(gw.admin_key) as admin:
             explained = admin.get("/v1/scheduler/explain", params={"deployment": f"{NAMESPACE}/hello-world"}).json()
