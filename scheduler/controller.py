@@ -78,6 +78,7 @@ class DesiredDeployment:
     setup_timeout: float = 600.0
     engine: str = "cog"              # "cog": Cog's /health-check; "vllm": vLLM's OpenAI server (/health)
     command: tuple[str, ...] = ()    # run this instead of an image (a local process; "{port}": its port)
+    mounts: tuple[str, ...] = ()     # host directories a container replica sees read-only (vLLM's weights)
 
     def spec_hash(self) -> str:
         """What a replica was started with: a change means replace its replicas."""
@@ -85,6 +86,8 @@ class DesiredDeployment:
                            self.memory_bytes]
         if self.command:
             what.append(list(self.command))
+        if self.mounts:
+            what.append(list(self.mounts))
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -357,7 +360,7 @@ class Controller:
                         LABEL_SPEC: spec.spec_hash(), LABEL_DEVICES: ",".join(choice.gpu_uuids),
                         LABEL_NODE: choice.node, LABEL_ENGINE: spec.engine},
                 env=spec.env, gpu_uuids=choice.gpu_uuids, cpus=spec.cpus, memory_bytes=spec.memory_bytes,
-                command=spec.command)
+                command=spec.command, mounts=spec.mounts)
             try:
                 started = await asyncio.to_thread(self.runtime.start, replica_spec)
             except RuntimeError_ as e:

@@ -3,6 +3,7 @@
     cogkit up                                   gateway + registry API + controller, the examples deployed
     cogkit models list | get NS/M | versions NS/M | delete NS/M [--version REF] | publish NS/M [--private]
     cogkit deployments list | get NAME | create NS/M [--min N --max N ...] | update NAME ... | delete NAME
+    cogkit deployments create /weights --engine vllm --name NS/M [--arg max_model_len=512 ...] (admin key)
     cogkit deployments apply -f deployments.yaml
     cogkit call MODEL -i name=value ...         any model string through the gateway, streamed
 
@@ -118,6 +119,26 @@ TARGET_OPT = typer.Option(None, "--target", help="Concurrent requests per replic
 VERSION_OPT = typer.Option(None, "--version", help="A version id, short digest or tag (default: the latest)")
 ENV_OPT = typer.Option([], "--env", "-e", help="NAME=value for the replicas; repeatable")
 GPUS_OPT = typer.Option(None, "--gpus", help="GPUs per replica")
+ENGINE_OPT = typer.Option(None, "--engine", help="vllm: MODEL is a weights directory vLLM serves (default: a "
+                          "pushed model ns/m)")
+ARG_OPT = typer.Option([], "--arg", help="engine: vllm: name=value, one of vLLM's engine arguments; repeatable")
+EXTRA_OPT = typer.Option([], "--extra-arg", help="engine: vllm: one more word of vLLM's command line; repeatable")
+
+
+def _engine_fields(engine: str | None, args: list[str], extra: list[str]) -> dict[str, Any]:
+    if not engine:
+        if args or extra:
+            fail("--arg and --extra-arg are for --engine vllm")
+        return {}
+    pairs = [a.partition("=") for a in args]
+    if any(not sep or not k for k, sep, _v in pairs):
+        fail("--arg: expected name=value, e.g. --arg max_model_len=512")
+    body: dict[str, Any] = {"engine": engine}
+    if args:
+        body["args"] = {k: _guess(v) for k, _sep, v in pairs}
+    if extra:
+        body["extra_args"] = list(extra)
+    return body
 
 
 @deployments_app.command("list")
@@ -140,8 +161,12 @@ def deployments_create(model: str, name: str | None = typer.Option(None, "--name
                        min_replicas: int | None = MIN_OPT, max_replicas: int | None = MAX_OPT,
                        idle: float | None = IDLE_OPT, target: float | None = TARGET_OPT,
                        version: str | None = VERSION_OPT, env: list[str] = ENV_OPT,
-                       gpus: int | None = GPUS_OPT, url: str = URL_OPTION, key: str | None = KEY_OPTION) -> None:
-    body = {"model": model.lstrip("@"), **_fields(min_replicas, max_replicas, idle, target, version, env, gpus)}
+                       gpus: int | None = GPUS_OPT, engine: str | None = ENGINE_OPT, args: list[str] = ARG_OPT,
+                       extra: list[str] = EXTRA_OPT, url: str = URL_OPTION, key: str | None = KEY_OPTION) -> None:
+    body = {"model": model if engine else model.lstrip("@"),
+            **_fields(min_replicas, max_replicas, idle, target, version, env, gpus), **_engine_fields(engine, args, extra)}
+    if engine and not name:
+        fail("--name: an engine deployment needs the name it is called by, e.g. --name acme/tiny-llama")
     if name:
         body["name"] = name
     typer.echo(f"Created deployment {api(url, key, 'POST', '/v1/deployments', body)['name']}")
@@ -151,10 +176,14 @@ def deployments_create(model: str, name: str | None = typer.Option(None, "--name
 def deployments_update(name: str, min_replicas: int | None = MIN_OPT, max_replicas: int | None = MAX_OPT,
                        idle: float | None = IDLE_OPT, target: float | None = TARGET_OPT,
                        version: str | None = VERSION_OPT, env: list[str] = ENV_OPT,
-                       gpus: int | None = GPUS_OPT, url: str = URL_OPTION, key: str | None = KEY_OPTION) -> None:
+                       gpus: int | None = GPUS_OPT, args: list[str] = ARG_OPT, extra: list[str] = EXTRA_OPT,
+                       url: str = URL_OPTION, key: str | None = KEY_OPTION) -> None:
     body = _fields(min_replicas, max_replicas, idle, target, version, env, gpus)
+    if args or extra:     # the engine's arguments replace the deployment's (a PATCH of args is whole)
+        body.update({k: v for k, v in _engine_fields("vllm", args, extra).items() if k != "engine"})
     if not body:
-        fail("nothing to change: give --min, --max, --idle-timeout, --target, --version, --env or --gpus")
+        fail("nothing to change: give --min, --max, --idle-timeout, --target, --version, --env, --gpus, --arg "
+             "or --extra-arg")
     api(url, key, "PATCH", f"/v1/deployments/{name}", body)
     typer.echo(f"Updated deployment {name}")
 

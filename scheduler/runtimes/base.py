@@ -37,6 +37,7 @@ class ReplicaSpec:
     cpus: float | None = None
     memory_bytes: int | None = None
     command: tuple[str, ...] = ()                 # what to run instead of the image's own ("{port}": port)
+    mounts: tuple[str, ...] = ()                  # host directories bind-mounted read-only at the same path
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,10 @@
 """Replicas as containers on one Docker engine, on the host network (the server of each on its
-own 127.0.0.1 port), pulled from the registry by digest, GPUs by device request."""
+own 127.0.0.1 port), pulled from the registry by digest, GPUs by device request.
+
+A Cog image runs its own command (on the replica's port). An engine replica (vLLM's OpenAI server
+from the platform's GPU image) comes with its command (ReplicaSpec.command, "{port}" its port),
+which replaces the image's entrypoint, and with host directories (its weights) mounted read-only
+at the same paths; it shares the host's IPC namespace, as vLLM's workers talk over shared memory."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +15,7 @@ import docker
 import docker.errors
 
 from scheduler.runtimes.base import (
+    LABEL_ENGINE,
     LABEL_PORT,
     ReplicaSpec,
     RuntimeError_,
@@ -58,11 +64,13 @@ class DockerRuntime:
             pass
         except docker.errors.APIError as e:
             raise RuntimeError_(f"cannot inspect {image}: {_reason(e)}") from e
-        repository, _, digest = image.partition("@")
+        repository, _, tag = image.partition("@")
+        if not tag and ":" in repository.rsplit("/", 1)[-1]:      # repo:tag (the GPU image), not a digest
+            repository, _, tag = repository.rpartition(":")
         host = repository.split("/", 1)[0]
         self.progress(f"Pulling {image}")
         try:
-            for chunk in self.client.pull(repository, tag=digest or "latest", stream=True, decode=True,
+            for chunk in self.client.pull(repository, tag=tag or "latest", stream=True, decode=True,
                                           auth_config=self.credentials(host)):
                 if "error" in chunk:
                     raise RuntimeError_(f"pulling {image} failed: {chunk['error']}")
@@ -76,19 +84,28 @@ class DockerRuntime:
     # ---- the interface ----
     def start(self, spec: ReplicaSpec) -> StartedReplica:
         info = self.ensure_image(spec.image)
-        cmd, extra_env = command_for((info.get("Config") or {}).get("Cmd"), spec.port)
+        entrypoint: list[str] | None = None
+        cmd: list[str] | None
+        extra_env: dict[str, str]
+        if spec.command:
+            argv = [part.replace("{port}", str(spec.port)) for part in spec.command]
+            entrypoint, cmd, extra_env = argv[:1], argv[1:], {}
+        else:
+            cmd, extra_env = command_for((info.get("Config") or {}).get("Cmd"), spec.port)
         device_requests = None
         if spec.gpu_uuids:
             device_requests = [docker.types.DeviceRequest(device_ids=list(spec.gpu_uuids),
                                                           capabilities=[["gpu"]])]
         host_config = self.client.create_host_config(
             network_mode="host", device_requests=device_requests,
+            binds=[f"{path}:{path}:ro" for path in spec.mounts] or None,
+            ipc_mode="host" if spec.labels.get(LABEL_ENGINE) == "vllm" else None,
             nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
             mem_limit=spec.memory_bytes or None)
         labels = {**spec.labels, LABEL_PORT: str(spec.port)}
         try:
             container = self.client.create_container(
-                spec.image, command=cmd, name=spec.name, labels=labels, host_config=host_config,
+                spec.image, command=cmd, entrypoint=entrypoint, name=spec.name, labels=labels, host_config=host_config,
                 environment={**{k: str(v) for k, v in spec.env.items()}, **extra_env})["Id"]
         except docker.errors.APIError as e:
             raise RuntimeError_(f"cannot create {spec.name} from {spec.image}: {_reason(e)}") from e

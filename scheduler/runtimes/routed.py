@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from scheduler.runtimes.base import ReplicaSpec, Runtime, StartedReplica
+from scheduler.runtimes.base import ReplicaSpec, Runtime, RuntimeError_, StartedReplica
 from scheduler.runtimes.process import ID_PREFIX, ProcessRuntime
 
 
@@ -14,8 +14,10 @@ class RoutedRuntime:
         self.default, self.processes = default, processes
 
     def _for_spec(self, spec: ReplicaSpec) -> Runtime:
-        if not spec.image or self.default is None:
+        if not spec.image:
             return self.processes
+        if self.default is None:
+            raise RuntimeError_(f"{spec.name}: {spec.image} is an image, and there is no container engine here")
         return self.default
 
     def _for_id(self, replica_id: str) -> Runtime:

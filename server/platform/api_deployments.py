@@ -2,6 +2,9 @@
 
     GET    /v1/deployments                       the caller's (an admin: all), with live status
     POST   /v1/deployments                       {"model": "ns/m", "version"?, "min_replicas", ...}; 409 if it exists
+                                                 {"engine": "vllm", "name": "ns/m", "model": "/weights",
+                                                 "args": {...}}: vLLM serves it (admin keys only;
+                                                 server/platform/vllm_deployments.py)
     GET    /v1/deployments/{ns}/{name}
     PUT    /v1/deployments/{ns}/{name}           create or replace
     PATCH  /v1/deployments/{ns}/{name}           change some fields (min/max replicas, version, ...)
@@ -59,7 +62,8 @@ async def create_deployment(request: Request) -> JSONResponse:
     def work(key: KeyInfo) -> JSONResponse:
         store = _platform(request).deployments
         if isinstance(body, dict):
-            name = body.get("name") or (str(body.get("model") or "").lstrip("@") or None)
+            engine = body.get("engine", "cog") != "cog"   # an engine deployment's model is a path, not its name
+            name = body.get("name") or (None if engine else str(body.get("model") or "").lstrip("@") or None)
             if isinstance(name, str) and store.get(name) is not None:
                 raise RegistryError(f"name: a deployment {name} exists; PUT or PATCH /v1/deployments/{name}", 409)
         d, _ = store.put(body, key.tenant_id, key.admin)
@@ -105,7 +109,7 @@ async def patch_deployment(request: Request, ns: str, name: str) -> JSONResponse
 
     def work(key: KeyInfo) -> dict[str, Any]:
         _mine(request, key, f"{ns}/{name}")
-        d = _platform(request).deployments.patch(f"{ns}/{name}", body)
+        d = _platform(request).deployments.patch(f"{ns}/{name}", body, key.admin)
         _changed(request)
         return _view(request, d)
     return await platform_call(request, work)
@@ -114,7 +118,8 @@ async def patch_deployment(request: Request, ns: str, name: str) -> JSONResponse
 @router.delete("/v1/deployments/{ns}/{name}")
 async def delete_deployment(request: Request, ns: str, name: str) -> JSONResponse:
     def work(key: KeyInfo) -> dict[str, Any]:
-        _mine(request, key, f"{ns}/{name}")
+        if _mine(request, key, f"{ns}/{name}").engine != "cog" and not key.admin:
+            raise RegistryError("engine: deleting an engine deployment needs an admin key", 403)
         _platform(request).deployments.delete(f"{ns}/{name}")
         _changed(request)
         return {"deleted": f"{ns}/{name}"}

@@ -61,3 +61,9 @@ MIGRATION: list[str] = [
         completed_at {ts})""",
     "CREATE INDEX platform_predictions_tenant ON platform_predictions (tenant_id, created_at)",
 ]
+
+# engine: vllm deployments in the same table: which engine, and its weights and engine arguments.
+ENGINES_MIGRATION: list[str] = [
+    "ALTER TABLE platform_deployments ADD COLUMN engine TEXT NOT NULL DEFAULT 'cog'",
+    "ALTER TABLE platform_deployments ADD COLUMN engine_spec {json}",
+]

@@ -18,6 +18,7 @@ from server.config import ProviderConfig, Timeouts
 from server.platform.continuation import Progress, strip_ids
 from server.platform.service import Platform
 from server.platform.vllm import VLLM_PROVIDER
+from server.platform.vllm_deployments import DEFAULTS as VLLM_DEFAULTS
 from server.providers.base import Provider, UpstreamError
 
 log = logging.getLogger("cogkit.vllm")
@@ -34,13 +35,13 @@ class VllmProvider(Provider):
     def __init__(self, platform: Platform, timeouts: Timeouts, registry_metrics: Any = None) -> None:
         # The router's first-token limit covers a cold start (the replica is acquired inside the stream);
         # a ready replica's silence is bounded apart, by STALL_FRACTION of the idle timeout.
-        cold = max((v.cold_start_timeout for v in platform.config.vllm), default=0.0)
+        # (Deployments come and go at runtime: the config's, else vLLM's default cold start bounds them all.)
+        cold = max((v.cold_start_timeout for v in platform.config.vllm), default=VLLM_DEFAULTS["cold_start_timeout"])
         super().__init__(ProviderConfig(name=VLLM_PROVIDER, kind="openai", base_url="http://replicas",
                                         max_connections=1024, timeouts=Timeouts(ttft=timeouts.ttft + cold)), timeouts)
         self.platform = platform
         self.scraper = Scraper(self._replica_urls, on_scrape=self._export)
-        self.routers = {v.name: EngineRouter(lambda: self.scraper.loads, affinity=v.prefix_affinity)
-                        for v in platform.config.vllm}
+        self.routers: dict[str, EngineRouter] = {}      # by deployment, made on its first request
         labels = ["deployment", "replica"]
         self.gauges = {field: Gauge(f"cogkit_vllm_{field}", doc, labels, registry=registry_metrics) for field, doc in (
             ("waiting", "Requests waiting in the replica's engine (its /metrics)"),
@@ -85,7 +86,11 @@ class VllmProvider(Provider):
         self.scraper.start()
         router = self.routers.get(model)
         if router is None:
-            return await self.platform.acquire(model)
+            d = self.platform.engine_deployment(model)
+            if d is None:
+                return await self.platform.acquire(model)
+            router = self.routers[model] = EngineRouter(lambda: self.scraper.loads,
+                                                        affinity=bool((d.engine_spec or {}).get("prefix_affinity")))
         key = prefix_key(req)
         hits = router.affinity_hits
         lease = await self.platform.acquire(model, router.chooser(key))

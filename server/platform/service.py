@@ -65,6 +65,7 @@ class Platform:
         self._resolved: dict[tuple[str, str], tuple[float, Resolved, Version]] = {}
         self._versions: dict[str, Version] = {}
         self._absent: dict[tuple[str, str], float] = {}
+        self._engines: dict[str, tuple[float, Deployment | None]] = {}    # name -> (until, vLLM deployment)
         self._writer: Any = None
         home = store.sqlite_path.parent if store.sqlite_path else cogkit_home()
         self.files = Files(home / "platform-files")
@@ -90,6 +91,7 @@ class Platform:
 
     async def startup(self, writer: Any) -> None:
         self._writer = writer
+        await asyncio.to_thread(self._seed_engines)
         if not self.config.controller:
             return
         from scheduler.runtimes.docker import DockerRuntime
@@ -110,7 +112,7 @@ class Platform:
             try:
                 engine = await asyncio.to_thread(DockerRuntime)
             except docker_errors.DockerException as e:    # no engine here: vLLM process replicas still run
-                if not self.config.vllm:
+                if self.config.vllm_image:
                     raise
                 log.warning("no Docker engine (%s): only process replicas (vLLM) run here", e)
                 engine = None
@@ -130,9 +132,22 @@ class Platform:
             self._metrics.register(InventoryCollector(polled))
         return runtime
 
+    def _seed_engines(self) -> None:
+        """The config's `platform.vllm:` entries into the store (created or replaced on every start):
+        from there on they are deployments like the ones made through the API."""
+        from sqlalchemy.exc import IntegrityError
+
+        from server.platform.vllm_deployments import body_of
+        for entry in self.config.vllm:
+            try:
+                self.deployments.put(body_of(entry), "", admin=True)
+            except IntegrityError:       # another gateway on this store seeded it a moment ago
+                self.deployments.put(body_of(entry), "", admin=True)
+
     def _desired(self) -> list[Any]:
-        """Cog deployments from the store, and the engine: vllm ones from the config."""
-        engines: list[Any] = [v.desired() for v in self.config.vllm]
+        """Every deployment in the store as the controller runs it: Cog images, and vLLM engines."""
+        from server.platform.vllm_deployments import desired
+        engines = [desired(d, self.config) for d in self.deployments.engine_deployments()]
         return [*self.deployments.desired(), *engines]
 
     def explain(self, deployment: str) -> dict[str, Any] | None:
@@ -159,7 +174,7 @@ class Platform:
         (the catalog may still know it); NotDeployed when it exists but nothing runs that version."""
         if not model_string.startswith("@"):
             return None
-        engine = self.vllm_resolve(model_string)
+        engine = self.vllm_resolve(model_string, tenant_id)
         if engine is not None:
             return engine
         now = time.monotonic()
@@ -191,15 +206,25 @@ class Platform:
         self._resolved[(model_string, tenant_id)] = (now + RESOLVE_TTL, resolved, version)
         return resolved
 
-    def vllm_resolve(self, model_string: str) -> Resolved | None:
+    def vllm_resolve(self, model_string: str, tenant_id: str) -> Resolved | None:
         """`@ns/model` of an engine: vllm deployment: a chat model every client format reaches."""
         from server.platform.vllm import VLLM_PROVIDER
-        name = model_string[1:]
-        for v in self.config.vllm:
-            if v.name == name:
-                return Resolved(model_string, (Target(VLLM_PROVIDER, v.name, 0, v.input_price, v.output_price),),
-                                "chat")
-        return None
+        d = self.engine_deployment(model_string[1:])
+        if d is None or not d.visible_to(tenant_id):
+            return None
+        spec = d.engine_spec or {}
+        return Resolved(model_string, (Target(VLLM_PROVIDER, d.name, 0, float(spec.get("input_price", 0.0)),
+                                              float(spec.get("output_price", 0.0))),), "chat")
+
+    def engine_deployment(self, name: str) -> Deployment | None:
+        """The vLLM deployment `name` (None: there is none), read from the store at most once a RESOLVE_TTL."""
+        now = time.monotonic()
+        hit = self._engines.get(name)
+        if hit is None or hit[0] <= now:
+            if len(self._engines) > 10_000:
+                self._engines.clear()
+            hit = self._engines[name] = (now + RESOLVE_TTL, self.deployments.engine_deployment(name))
+        return hit[1]
 
     def _deployment_for(self, version: Version) -> Deployment | None:
         candidates = self.deployments.for_model(version.namespace, version.model)
@@ -252,7 +277,11 @@ class Platform:
         return self.controller.replica_set(deployment)
 
     async def acquire(self, deployment: str, chooser: Any = None) -> Lease:
-        rs = self.replicas(deployment)
+        try:
+            rs = self.replicas(deployment)
+        except NotDeployed as e:     # no controller here: the caller's format says so, not a 500
+            raise UpstreamError(e.message, e.status, "http", retry_after=None,
+                                body={"code": "no_controller"}) from None
         try:
             lease = await rs.acquire(chooser=chooser)
         except Unavailable as e:

@@ -57,6 +57,8 @@ deployments = Table(
     Column("status", JSONType, nullable=False),              # written by the controller: replicas, last failure
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("engine", Text, nullable=False, server_default="cog"),   # "cog" (a pushed image) or "vllm"
+    Column("engine_spec", JSONType),                         # engine: vllm: weights, engine args (vllm_deployments.py)
 )
 
 predictions = Table(

@@ -39,6 +39,7 @@ class VllmDeploymentConfig(BaseModel):
     name: str                                 # ns/model: called as @ns/model
     model: str                                # weights directory (or anything vLLM's --model takes)
     args: dict[str, Any] = Field(default_factory=dict)   # engine arguments: {max_model_len: 512, ...}
+    extra_args: list[str] = Field(default_factory=list)  # more of vLLM's argv, as they are
     env: dict[str, str] = Field(default_factory=dict)
     python: str | None = None                 # vLLM's python; default: default_python()
     min_replicas: int = Field(0, ge=0)
@@ -87,7 +88,7 @@ class VllmDeploymentConfig(BaseModel):
                 continue
             else:
                 argv += [flag, value if isinstance(value, str) else str(value)]
-        return tuple(argv)
+        return (*argv, *self.extra_args)
 
     def desired(self) -> DesiredDeployment:
         policy = ScalePolicy(self.min_replicas, self.max_replicas, self.target_concurrency, self.idle_timeout)

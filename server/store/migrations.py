@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from server.platform.ddl import ENGINES_MIGRATION
 from server.platform.ddl import MIGRATION as PLATFORM_MIGRATION
 
 from .tables import schema_version, utcnow
@@ -124,6 +125,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX conversations_created ON conversations (created_at)",
     ]),
     (4, PLATFORM_MIGRATION),      # the platform's registry and deployments (server/platform/tables.py)
+    (5, ENGINES_MIGRATION),       # engine: vllm deployments in the store, beside Cog ones
 ]
 
 LATEST = MIGRATIONS[-1][0]
