@@ -2,7 +2,7 @@
 
 Every fixture a test module uses comes from here (or is registered here), so test modules import no
 fixtures: `pg_url`/`store_url`/`store` (tests/pg.py, one PostgreSQL per run), `fakes`/`gateway`
-(tests/gateway_harness.py), and one `free_port()`."""
+(tests/gateway_harness.py), the Docker `engine`, and one `free_port()`."""
 from __future__ import annotations
 
 import http.server
@@ -24,6 +24,18 @@ from tests.pg import pg_url, store, store_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "models"
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The Docker engine of .ci/docker-services.sh (a docker.APIClient) for the tests that need it; without
+    it they fail (not skip), saying how to start it."""
+    from cogkit.build import builder
+    try:
+        return builder.connect()
+    except builder.EngineUnavailable as e:
+        pytest.fail(f"this test needs the Docker engine: {e}. Here: "
+                    f'`eval "$(bash .ci/docker-services.sh --env)"`', pytrace=False)
 
 
 

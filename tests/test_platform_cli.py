@@ -14,11 +14,9 @@ import threading
 import uuid
 from pathlib import Path
 
-import pytest
 from conftest import EXAMPLES, ROOT, free_port
-from test_platform_docker import until
 
-from cogkit.build import builder
+from tests.net import until
 
 PLATFORM_CLI = [sys.executable, "-m", "server.platform_cli"]
 
@@ -52,14 +50,6 @@ class Up:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)        # what Ctrl-C sends
             self.proc.wait(60)
-
-
-@pytest.fixture
-def engine():
-    try:
-        return builder.connect()
-    except builder.EngineUnavailable as e:
-        pytest.fail(f"`cogkit up` needs the Docker engine: {e}", pytrace=False)
 
 
 def test_up_call_ctrl_c_and_up_again(tmp_path, engine) -> None:

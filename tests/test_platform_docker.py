@@ -37,15 +37,6 @@ CRASHER = {"cog.yaml": 'build:\n  python_version: "3.11"\npredict: "predict.py:P
 
 
 @pytest.fixture(scope="module")
-def engine():
-    try:
-        return builder.connect()
-    except builder.EngineUnavailable as e:
-        pytest.fail(f"the platform tests need the Docker engine: {e}. Here: "
-                    f'`eval "$(bash .ci/docker-services.sh --env)"`', pytrace=False)
-
-
-@pytest.fixture(scope="module")
 def pushed(engine, tmp_path_factory) -> Iterator[dict[str, dict[str, Any]]]:
     """example name -> {"ref", "digest", "openapi", "cog_config"}: built and pushed once per module."""
     made: list[str] = []

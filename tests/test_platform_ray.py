@@ -29,15 +29,6 @@ REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
 
 
 @pytest.fixture(scope="module")
-def engine():
-    try:
-        return builder.connect()
-    except builder.EngineUnavailable as e:
-        pytest.fail(f"the platform tests need the Docker engine: {e}. Here: "
-                    f'`eval "$(bash .ci/docker-services.sh --env)"`', pytrace=False)
-
-
-@pytest.fixture(scope="module")
 def docker_cluster(engine) -> Iterator[RayCluster]:
     with ray_cluster_of(NODES, simulated_gpus(NODES), engine="docker") as cluster:
         yield cluster

@@ -1,28 +1,28 @@
 """The platform's tables: namespaces, models, versions, deployments, predictions.
 
-Their DDL is in ddl.py (keep both in step), applied by server/store/migrations.py as one step.
+Their DDL is in ddl.py (keep both in step), applied by server/store/migrations.py (steps 4 and 5).
 """
 from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Integer, Table, Text
 
-from server.store.tables import JSONType, UTCDateTime, metadata
+from server.store.tables import JSONType, UTCDateTime, created_column, metadata, tenant_column, updated_column
 
 namespaces = Table(
     "platform_namespaces", metadata,
     Column("name", Text, primary_key=True),
-    Column("tenant_id", Text, nullable=False),               # who may push models into it
-    Column("created_at", UTCDateTime, nullable=False),
+    tenant_column(),                                         # who may push models into it
+    created_column(),
 )
 
 models = Table(
     "platform_models", metadata,
     Column("namespace", Text, primary_key=True),
     Column("name", Text, primary_key=True),
-    Column("tenant_id", Text, nullable=False),
+    tenant_column(),
     Column("public", Boolean, nullable=False),
     Column("description", Text, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    created_column(),
 )
 
 versions = Table(
@@ -36,13 +36,13 @@ versions = Table(
     Column("openapi_schema", JSONType, nullable=False),
     Column("cog_config", JSONType, nullable=False),
     Column("hardware", JSONType, nullable=False),            # {"gpus", "gpu_memory_mb", "cpus", "memory_mb"}
-    Column("created_at", UTCDateTime, nullable=False),
+    created_column(),
 )
 
 deployments = Table(
     "platform_deployments", metadata,
     Column("name", Text, primary_key=True),                  # "ns/model" by default
-    Column("tenant_id", Text, nullable=False),
+    tenant_column(),
     Column("namespace", Text, nullable=False),
     Column("model", Text, nullable=False),
     Column("version_id", Text),                              # NULL: the model's latest version
@@ -55,8 +55,8 @@ deployments = Table(
     Column("env", JSONType, nullable=False),
     Column("hardware", JSONType, nullable=False),
     Column("status", JSONType, nullable=False),              # written by the controller: replicas, last failure
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    created_column(),
+    updated_column(),
     Column("engine", Text, nullable=False, server_default="cog"),   # "cog" (a pushed image) or "vllm"
     Column("engine_spec", JSONType),                         # engine: vllm: weights, engine args (vllm_deployments.py)
 )
@@ -64,7 +64,7 @@ deployments = Table(
 predictions = Table(
     "platform_predictions", metadata,
     Column("id", Text, primary_key=True),
-    Column("tenant_id", Text, nullable=False),
+    tenant_column(),
     Column("model", Text, nullable=False),                   # "ns/model"
     Column("version_id", Text, nullable=False),
     Column("status", Text, nullable=False),                  # starting | processing | succeeded | failed | canceled
@@ -75,7 +75,7 @@ predictions = Table(
     Column("metrics", JSONType, nullable=False),             # predict_time, token counts, cold_start_time
     Column("webhook", Text),
     Column("webhook_events_filter", JSONType, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    created_column(),
     Column("started_at", UTCDateTime),
     Column("completed_at", UTCDateTime),
 )

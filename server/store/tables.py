@@ -43,6 +43,20 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 metadata = MetaData()
 
+
+# The column shapes every table repeats (server/platform/tables.py uses them too).
+def tenant_column() -> Column:
+    return Column("tenant_id", Text, nullable=False)
+
+
+def created_column() -> Column:
+    return Column("created_at", UTCDateTime, nullable=False)
+
+
+def updated_column() -> Column:
+    return Column("updated_at", UTCDateTime, nullable=False)
+
+
 schema_version = Table(
     "schema_version", metadata,
     Column("version", Integer, primary_key=True),
@@ -53,13 +67,13 @@ tenants = Table(
     "tenants", metadata,
     Column("id", Text, primary_key=True),
     Column("name", Text, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    created_column(),
 )
 
 api_keys = Table(
     "api_keys", metadata,
     Column("id", Text, primary_key=True),
-    Column("tenant_id", Text, nullable=False),
+    tenant_column(),
     Column("name", Text, nullable=False),
     Column("key_hash", Text, nullable=False, unique=True),   # sha256 hex of the plaintext key
     Column("prefix", Text, nullable=False),                  # e.g. "ck-AbCdEfG", for display
@@ -67,7 +81,7 @@ api_keys = Table(
     Column("rpm", Integer),
     Column("tpm", Integer),
     Column("revoked", Boolean, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    created_column(),
     Column("revoked_at", UTCDateTime),
 )
 
@@ -78,14 +92,14 @@ provider_secrets = Table(
     Column("name", Text, primary_key=True),
     Column("ciphertext", Text, nullable=False),              # Fernet token
     Column("last4", Text, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    created_column(),
+    updated_column(),
 )
 
 usage = Table(
     "usage", metadata,
     Column("request_id", Text, primary_key=True),
-    Column("tenant_id", Text, nullable=False),
+    tenant_column(),
     Column("key_id", Text),
     Column("model", Text, nullable=False),
     Column("provider", Text),
@@ -100,7 +114,7 @@ usage = Table(
     Column("attempted", JSONType, nullable=False),
     Column("metadata", JSONType, nullable=False),
     Column("stream_id", Text),
-    Column("created_at", UTCDateTime, nullable=False),
+    created_column(),
 )
 
 credits = Table(
@@ -109,7 +123,7 @@ credits = Table(
     Column("balance_micros", BigInteger),                    # NULL = unlimited
     Column("reserved_micros", BigInteger, nullable=False),
     Column("spent_micros", BigInteger, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    updated_column(),
 )
 
 rate_counters = Table(
@@ -123,12 +137,12 @@ rate_counters = Table(
 streams = Table(
     "streams", metadata,
     Column("id", Text, primary_key=True),
-    Column("tenant_id", Text, nullable=False),
+    tenant_column(),
     Column("format", Text, nullable=False),
     Column("meta", JSONType, nullable=False),
     Column("status", Text, nullable=False),                  # "running" until finish()
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    created_column(),
+    updated_column(),
     Column("finished_at", UTCDateTime),
 )
 
@@ -136,9 +150,9 @@ streams = Table(
 conversations = Table(
     "conversations", metadata,
     Column("id", Text, primary_key=True),                    # the response id, resp_...
-    Column("tenant_id", Text, nullable=False),
+    tenant_column(),
     Column("messages", JSONType, nullable=False),            # canonical messages, the answer last
-    Column("created_at", UTCDateTime, nullable=False),
+    created_column(),
 )
 
 # A stream's events in chunks: whatever one flush had for the stream, one row (a row per event
