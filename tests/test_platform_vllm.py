@@ -237,3 +237,17 @@ def test_vllm_deployment_made_at_runtime_is_called_then_deleted(tmp_path) -> Non
                 os.killpg(record["pid"], signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_the_example_files_declare_a_valid_engine_deployment(deployments) -> None:
+    import yaml
+
+    from server.platform.config import PlatformConfig
+    from server.platform.vllm_deployments import body_of
+    _, store = deployments
+    example = ROOT / "examples" / "models" / "vllm-engine"
+    [applied] = store.load_yaml((example / "deployment.yaml").read_text(), "", True)
+    [entry] = PlatformConfig(**yaml.safe_load((example / "gateway.yaml").read_text())["platform"]).vllm
+    seeded, created = store.put(body_of(entry), "", True)
+    assert not created and seeded.name == applied.name == "examples/tiny-llama"   # the same deployment, twice
+    assert seeded.engine_spec["args"] == applied.engine_spec["args"]
