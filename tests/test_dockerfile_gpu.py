@@ -151,3 +151,57 @@ def test_vllm_replica_runs_as_a_container_of_the_gpu_image(engine, gpu_image, tm
         gw.close()
         for c in engine.containers(all=True, filters=mine):
             engine.remove_container(c["Id"], force=True)
+
+
+def test_a_gpu_vllm_replica_asks_the_engine_for_the_gpu_placement_chose(engine, gpu_image, tmp_path) -> None:
+    """A simulated inventory (one 24 GiB GPU) and an engine: vllm deployment needing a GPU: a container of
+    the GPU image is created with a device request for the uuid placement chose, which this engine (no
+    NVIDIA runtime) refuses; the reason shows, and no container is left behind. (Nothing runs vLLM here.)"""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("nodes:\n  - name: sim\n    cpus: 4\n    memory: 16GiB\n"
+                         "    gpus: {count: 1, memory: 24GiB}\n")
+    instance = f"gg-{uuid.uuid4().hex[:8]}"
+    config = {"state_dir": str(tmp_path / "state"),
+              "platform": {"interval": 0.3, "instance": instance, "inventory": str(inventory),
+                           "process_dir": str(tmp_path / "processes"), "vllm_image": gpu_image}}
+    gw = GatewayProc(config, tmp_path, "gw")
+    try:
+        with gw.http(gw.admin_key) as c:
+            for name, gpu_mb in (("gg/too-big", 100_000), ("gg/fits", 1000)):
+                made = c.post("/v1/deployments", json={"engine": "vllm", "name": name, "model": str(tmp_path),
+                                                       "min_replicas": 1, "args": {"tensor_parallel_size": 1},
+                                                       "hardware": {"gpus": 1, "gpu_memory_mb": gpu_mb}})
+                assert made.status_code == 201, made.text
+
+            def failure(name: str) -> dict:
+                return (c.get(f"/v1/deployments/{name}").json()["status"] or {}).get("last_failure") or {}
+            too_big = until(lambda: failure("gg/too-big"), 60, "the placement failure")
+            assert too_big["reason"].startswith("no room to place a replica"), too_big
+            fits = until(lambda: failure("gg/fits"), 60, "the start failure")
+        assert "gpu" in fits["reason"].lower() and not fits["reason"].startswith("no room"), fits
+        assert gpu_image in fits["reason"]              # the GPU image's container, refused for its GPU request
+        assert engine.containers(all=True, filters={"label": [f"{LABEL_PLATFORM}={instance}"]}) == []
+    finally:
+        gw.close()
+        for c in engine.containers(all=True, filters={"label": [f"{LABEL_PLATFORM}={instance}"]}):
+            engine.remove_container(c["Id"], force=True)
+
+
+def test_the_runtime_pulls_the_gpu_image_by_tag(engine, gpu_image) -> None:
+    """`platform.vllm_image` names an image by tag (repo:tag), pulled from the registry when missing."""
+    from scheduler.runtimes.docker import DockerRuntime
+    registry = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
+    ref = f"{registry}/cogkit-check/gpu:{uuid.uuid4().hex[:8]}"
+    repository, _, tag = ref.rpartition(":")
+    engine.tag(gpu_image, repository, tag)
+    try:
+        for chunk in engine.push(repository, tag=tag, stream=True, decode=True):
+            assert "error" not in chunk, chunk
+        engine.remove_image(ref)                        # only in the registry now
+        pulled = DockerRuntime(engine).ensure_image(ref)
+        assert ref in pulled["RepoTags"] and pulled["Id"] == engine.inspect_image(gpu_image)["Id"]
+    finally:
+        try:
+            engine.remove_image(ref, force=True)
+        except docker.errors.APIError:
+            pass
