@@ -1,7 +1,8 @@
 """`engine: vllm` deployments: an LLM served by vLLM's OpenAI-compatible server, declared in the
-gateway config's `platform.vllm` list (the operator's YAML), run by the same controller as Cog
-replicas (as a local process from vLLM's own virtualenv), and called as `@ns/model` through every
-client format, like a third-party chat model.
+gateway config's `platform.vllm` list (the operator's YAML; seeded into the store on start) or through
+`/v1/deployments` (vllm_deployments.py), run by the same controller as Cog replicas (as a local
+process from vLLM's own virtualenv, or a container of `platform.vllm_image`), and called as
+`@ns/model` through every client format, like a third-party chat model.
 
     platform:
       vllm:
