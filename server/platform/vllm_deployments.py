@@ -96,6 +96,9 @@ def check_args(value: Any) -> dict[str, Any]:
     return out
 
 
+KINDS = {int: "an integer", float: "a number", bool: "true or false"}
+
+
 def _spec_field(body: dict[str, Any], key: str, kind: type, default: Any, check: Any = None) -> Any:
     value = body.get(key, default)
     if value is None:
@@ -103,9 +106,9 @@ def _spec_field(body: dict[str, Any], key: str, kind: type, default: Any, check:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise EngineFieldError(f"{key}: expected {'a ' + kind.__name__ if kind is not bool else 'true or false'}")
+        raise EngineFieldError(f"{key}: expected {KINDS[kind]}")
     if check is not None and not check(value):
-        raise EngineFieldError(f"{key}: out of range ({check.__doc__})")
+        raise EngineFieldError(f"{key}: must be {check.__doc__}")
     return value
 
 
