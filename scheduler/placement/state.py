@@ -261,11 +261,32 @@ class ClusterState(ClusterView):
         policy = self.policy
         local = self._local_index.get(request.version)
         budget = [policy.max_walk]  # GPUs this decision may walk past, over all lists
-        if local:
+        generic_points = policy.rung_points(self._generic_rung(request.version))
+        if not local:
+            self._walk(self._index, generic_points, request, now, best, budget, skip_cached=False, share=share)
+            return self.score(best[2], best[3], request, share) if best else None
+        # No GPU on a node holding the snapshot scores above this ceiling (a fit of 1, no busy
+        # penalty, the least anti-affinity of those nodes). When the model already runs on all of
+        # them, it is below what the other nodes could offer: walk those first, and their best
+        # usually rules the local walk out at once. The order changes no result, only the work.
+        ceiling = policy.weight_memory_fit + policy.points_local_snapshot - self._least_node_penalty(request, share)
+        local_first = ceiling >= policy.weight_memory_fit + generic_points
+        if local_first:
             self._walk(local, policy.points_local_snapshot, request, now, best, budget, skip_cached=False, share=share)
-        self._walk(self._index, policy.rung_points(self._generic_rung(request.version)), request, now, best, budget,
-                   skip_cached=local is not None, share=share)
+        self._walk(self._index, generic_points, request, now, best, budget, skip_cached=True, share=share)
+        if not local_first and not (best and ceiling + 1e-9 < best[0]):  # slack: the ceiling is summed differently
+            self._walk(local, policy.points_local_snapshot, request, now, best, budget, skip_cached=False, share=share)
         return self.score(best[2], best[3], request, share) if best else None
+
+    def _least_node_penalty(self, request: ReplicaRequest, share: int) -> float:
+        """The least node anti-affinity among the nodes holding the request's snapshot."""
+        least = -1
+        for name in self._cached_nodes.get(request.version, ()):
+            over = self._nodes[name].models.get(request.model, 0) - share
+            if over <= 0:
+                return 0.0
+            least = over if least < 0 else min(least, over)
+        return self.policy.penalty_same_node * max(0, least)
 
     @staticmethod
     def _consider(best: list[Any], score: float, rank: Rank, node: NodeEntry, gpus: list[GpuEntry]) -> None:
@@ -281,7 +302,7 @@ class ClusterState(ClusterView):
         least penalty + `points`, summed like a score so float rounding keeps bound >= score; at
         a bound equal to the best score, a GPU ranked below the best ends the walk too, since
         every later one ranks lower still. `skip_cached`: GPUs on nodes holding the version's
-        snapshot were walked already. Once a candidate is found, `budget` caps the walk."""
+        snapshot are left to the walk of the snapshot's own index. Once a candidate is found, `budget` caps the walk."""
         need, weight, version = request.gpu_memory_bytes, self.policy.weight_memory_fit, request.version
         if best and weight * 1.0 + 0.0 + points + 0.0 < best[0]:
             return  # a fit of 1 in the least busy band would not beat the best: no list can
