@@ -135,9 +135,13 @@ class ClusterState(ClusterView):
                ) -> tuple[float, float, float, float, Rung, str | None]:
         """The four weighted terms, the rung and the sleeper woken, for one candidate."""
         policy = self.policy
-        wakes = self.sleeper_on(gpus, request) if gpus else None
+        wakes = self.sleeper_on(gpus, request) if gpus and self._sleeping.get(request.version) else None
         fit = utilization = 0.0
-        if gpus:
+        if len(gpus) == 1 and wakes is None:  # the common case, without the generators (same values)
+            gpu = gpus[0]
+            fit = self._fit(self._effective_free(gpu), request.gpu_memory_bytes)
+            utilization = self._busy_penalty(gpu.utilization / 1)
+        elif gpus:
             need = request.gpu_memory_bytes
             if wakes is None:
                 fit = min(self._fit(self._effective_free(g), need) for g in gpus)

@@ -69,16 +69,19 @@ class ClusterView:
 
     def set_node(self, reading: NodeReading) -> None:
         """Add a node or replace its readings; GPUs missing from the reading are gone."""
-        self._capable.clear()
         node = self._nodes.get(reading.name)
         if node is None:
             node = self._nodes[reading.name] = NodeEntry(reading, self._next_node)
             self._nodes_by_ordinal[node.ordinal] = node
             self._next_node += 1
+            self._capable.clear()  # counts of nodes able to run a request: kept while nodes, labels
+        elif node.labels != reading.labels:  # and GPUs (capabilities) stay the same
+            self._capable.clear()
         node.labels, node.read_at, node.reachable, node.cpus = (
             reading.labels, reading.read_at, reading.reachable, reading.cpus)
         present = {g.uuid for g in reading.gpus}
         for gone in [g for g in node.gpus if g.uuid not in present]:
+            self._capable.clear()
             self._unindex(gone)
             del self._gpus[gone.uuid], self._by_order[gone.order]
         node.gpus = [g for g in node.gpus if g.uuid in present]
@@ -102,6 +105,8 @@ class ClusterView:
                 if gpu.uuid in replica.gpu_uuids:
                     self._account_gpu(gpu, replica, +1)
         else:
+            if reading.compute_capability != gpu.capability:
+                self._capable.clear()
             gpu.read(reading)
         self._reference_bytes = max(self._reference_bytes, gpu.total)
         self._reindex(gpu)
