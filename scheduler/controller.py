@@ -4,7 +4,9 @@ Each pass, for every deployment: adopt running replicas found by their labels (a
 restart nothing is started twice), bring starting ones to ready through Cog's /health-check,
 replace exited or unhealthy ones (with back-off when they keep failing, and the reason kept:
 exit code, SETUP_FAILED, the last log lines), start what the autoscaler asks for where
-placement finds room, drain idle ones down to min_replicas, and drain + stop replicas of a
+placement finds room, drain idle ones down to min_replicas (a vLLM replica with
+`sleep_when_idle` is put to sleep instead, and woken when placement picks it: vllm_sleep.py; a
+sleeper whose GPU memory another placement needs is stopped), and drain + stop replicas of a
 deployment that is gone or changed. A pass runs every `interval` seconds, or at once when a
 request is waiting for a replica.
 """
@@ -51,6 +53,7 @@ from scheduler.runtimes.base import (
     RuntimeError_,
     StartedReplica,
 )
+from scheduler.vllm_sleep import SLEEPING_HELD_BYTES, SleepError, put_to_sleep, wake_up
 
 log = logging.getLogger("cogkit.platform.controller")
 LOG_TAIL = 20
@@ -79,6 +82,9 @@ class DesiredDeployment:
     engine: str = "cog"              # "cog": Cog's /health-check; "vllm": vLLM's OpenAI server (/health)
     command: tuple[str, ...] = ()    # run this instead of an image (a local process; "{port}": its port)
     mounts: tuple[str, ...] = ()     # host directories a container replica sees read-only (vLLM's weights)
+    # vLLM only: an idle replica sleeps instead of stopping (its server needs VLLM_SERVER_DEV_MODE=1,
+    # and on a GPU host --enable-sleep-mode: vllm_sleep.DEV_MODE_ENV, sleep_mode_args)
+    sleep_when_idle: bool = False
 
     def spec_hash(self) -> str:
         """What a replica was started with: a change means replace its replicas."""
@@ -124,6 +130,8 @@ class Tracked:
     ready: bool = False
     misses: int = 0
     stopping: bool = False
+    sleeping: bool = False           # vLLM sleep mode: out of the replica set, kept for a wake-up
+    sleep_since: float = 0.0
 
 
 @dataclass
@@ -169,13 +177,17 @@ class Controller:
     def placement_inputs(self, spec: DesiredDeployment) -> tuple[ReplicaRequest, list[RunningReplica]]:
         """What the placer is asked for one more replica of `spec`: the request, and every replica
         running or being placed (the same inputs `GET /v1/scheduler/explain` shows)."""
-        running = [RunningReplica(t.replica.id, spec.model, t.replica.labels.get(LABEL_VERSION, ""),
-                                  t.replica.labels.get(LABEL_NODE, "local"),
-                                  tuple(filter(None, t.replica.labels.get(LABEL_DEVICES, "").split(","))),
-                                  spec.gpu_memory_bytes,
-                                  ReplicaState.READY if t.ready else ReplicaState.STARTING)
-                   for s in self.states.values() for t in s.tracked.values() if not t.stopping]
+        running = [self._as_placed(self.desired.get(name, spec), t)
+                   for name, s in self.states.items() for t in s.tracked.values() if not t.stopping]
         return replica_request(spec), [*running, *self._placing.values()]
+
+    @staticmethod
+    def _as_placed(spec: DesiredDeployment, t: Tracked) -> RunningReplica:
+        state = ReplicaState.SLEEPING if t.sleeping else ReplicaState.READY if t.ready else ReplicaState.STARTING
+        memory = min(spec.gpu_memory_bytes, SLEEPING_HELD_BYTES) if t.sleeping else spec.gpu_memory_bytes
+        return RunningReplica(t.replica.id, spec.model, t.replica.labels.get(LABEL_VERSION, ""),
+                              t.replica.labels.get(LABEL_NODE, "local"),
+                              tuple(filter(None, t.replica.labels.get(LABEL_DEVICES, "").split(","))), memory, state)
 
     def wake(self) -> None:
         """Run a pass now (callable from any thread: API handlers run in worker threads)."""
@@ -305,7 +317,7 @@ class Controller:
 
     def _scale(self, name: str, spec: DesiredDeployment, state: DeploymentState, now: float) -> None:
         rs = state.replicas
-        active = [t for t in state.tracked.values() if not t.stopping]
+        active = [t for t in state.tracked.values() if not t.stopping and not t.sleeping]
         load = Load(len(active) + state.starting, rs.outstanding(), rs.waiting())
         want = desired_replicas(spec.policy, load, state.scale, now)
         missing = want - load.replicas
@@ -324,8 +336,14 @@ class Controller:
         idle = {t.replica.id: now - r.idle_since for t in active if t.ready
                 and (r := rs.replicas.get(t.replica.id)) is not None and r.outstanding == 0 and not r.draining}
         for rid in idle_to_drain(spec.policy, idle, len(active) + state.starting):
-            log.info("draining idle replica %s of %s", state.tracked[rid].replica.name, name)
-            self._drain_and_stop(state, state.tracked[rid])
+            tracked = state.tracked[rid]
+            if spec.sleep_when_idle and spec.engine == "vllm":
+                tracked.sleeping, tracked.sleep_since = True, now   # out of the set at once: no request lands
+                state.replicas.remove(rid)
+                self._spawn(self._put_to_sleep(name, state, tracked))
+                continue
+            log.info("draining idle replica %s of %s", tracked.replica.name, name)
+            self._drain_and_stop(state, tracked)
 
     @staticmethod
     def _outstanding(rs: ReplicaSet, tracked: Tracked) -> int:
@@ -348,7 +366,15 @@ class Controller:
             request, running = self.placement_inputs(spec)
             choice = self.placer(request, running)
             if isinstance(choice, NoFit):
+                choice = await self._place_over_sleepers(request, running)
+            if isinstance(choice, NoFit):
                 self._record_failure(name, state, f"no room to place a replica: {choice.message}", None, "")
+                return
+            sleeper = state.tracked.get(choice.wakes or "")
+            if sleeper is None and not request.gpu_count:   # no GPU locality to weigh: waking is faster
+                sleeper = next((t for t in state.tracked.values() if t.sleeping and not t.stopping), None)
+            if sleeper is not None and sleeper.sleeping:
+                await self._wake_sleeper(name, spec, state, sleeper)
                 return
             placing = secrets.token_hex(6)
             self._placing[placing] = RunningReplica(placing, spec.model, spec.version_id, choice.node,
@@ -372,6 +398,53 @@ class Controller:
             self._placing.pop(placing, None)
             state.starting -= 1
             self.wake()
+
+    # ---- vLLM sleep mode: the fastest rung of the cold-start ladder ----
+    async def _put_to_sleep(self, name: str, state: DeploymentState, tracked: Tracked) -> None:
+        """It left the replica set (it was idle); now asleep, or stopped if it will not sleep."""
+        try:
+            await put_to_sleep(self._http, tracked.replica.url)
+        except SleepError as e:
+            log.warning("replica %s of %s did not go to sleep (%s): stopping it", tracked.replica.name, name, e)
+            tracked.sleeping = False
+            self._drain_and_stop(state, tracked)
+            return
+        log.info("idle replica %s of %s is asleep", tracked.replica.name, name)
+
+    async def _wake_sleeper(self, name: str, spec: DesiredDeployment, state: DeploymentState, tracked: Tracked) -> None:
+        """Placement chose to wake this sleeper: wake it and give it requests again."""
+        began = time.monotonic()
+        try:
+            await wake_up(self._http, tracked.replica.url)
+        except SleepError as e:
+            await self._failed(name, state, tracked.replica, f"did not wake up: {e}", None)
+            return
+        tracked.sleeping = False
+        state.replicas.add(tracked.replica.id, tracked.replica.url, spec.max_concurrency)
+        log.info("woke replica %s of %s in %.2fs", tracked.replica.name, name, time.monotonic() - began)
+
+    async def _place_over_sleepers(self, request: ReplicaRequest, running: list[RunningReplica]
+                                   ) -> Placement | NoFit:
+        """Nothing fits: leave out sleeping replicas, longest asleep first, until the request fits,
+        then stop those (their GPU memory is needed more than a quick wake-up). NoFit if it never does."""
+        sleepers = sorted(((s, t) for s in self.states.values() for t in s.tracked.values()
+                           if t.sleeping and not t.stopping), key=lambda st: st[1].sleep_since)
+        left_out: list[tuple[DeploymentState, Tracked]] = []
+        choice: Placement | NoFit = NoFit({}, 0, "")
+        for state, tracked in sleepers:
+            left_out.append((state, tracked))
+            gone = {t.replica.id for _, t in left_out}
+            choice = self.placer(request, [r for r in running if r.replica_id not in gone])
+            if not isinstance(choice, NoFit):
+                break
+        if isinstance(choice, NoFit) or not left_out:
+            return self.placer(request, running)
+        for state, tracked in left_out:
+            log.info("stopping sleeping replica %s: its GPU memory is needed", tracked.replica.name)
+            tracked.stopping = True
+            await asyncio.to_thread(self.runtime.stop, tracked.replica.id, 10)
+            self._forget(state, tracked.replica.id)
+        return choice
 
     def _drain_and_stop(self, state: DeploymentState, tracked: Tracked) -> None:
         """No new requests; the ones in flight finish; then the replica is stopped."""
@@ -410,12 +483,11 @@ class Controller:
 
     def _publish(self, name: str, spec: DesiredDeployment, state: DeploymentState) -> None:
         rs = state.replicas
-        replicas = []
+        replicas: list[dict[str, Any]] = []
         for t in state.tracked.values():
             r = rs.replicas.get(t.replica.id)
             replicas.append({"id": t.replica.id[:12], "name": t.replica.name, "url": t.replica.url,
-                             "state": "stopping" if t.stopping else "ready" if t.ready else "starting",
-                             "outstanding": r.outstanding if r else 0})
+                             "state": self._state_name(t), "outstanding": r.outstanding if r else 0})
         status = {"replicas": sorted(replicas, key=lambda r: r["name"]), "starting": state.starting,
                   "waiting": rs.waiting(), "version_id": spec.version_id, "last_failure": state.last_failure,
                   "failures": state.failures}
@@ -425,6 +497,10 @@ class Controller:
             state.status = comparable
             self.status_sink(name, status)
 
+    @staticmethod
+    def _state_name(t: Tracked) -> str:
+        return "stopping" if t.stopping else "sleeping" if t.sleeping else "ready" if t.ready else "starting"
+
     def snapshot(self, name: str) -> dict[str, Any]:
         """The live view of one deployment, for the API."""
         state = self.states.get(name)
@@ -432,7 +508,7 @@ class Controller:
             return {}
         rs = state.replicas
         return {"replicas": [{"id": t.replica.id[:12], "name": t.replica.name, "url": t.replica.url,
-                              "state": "stopping" if t.stopping else "ready" if t.ready else "starting",
+                              "state": self._state_name(t),
                               "outstanding": (rs.replicas[t.replica.id].outstanding
                                               if t.replica.id in rs.replicas else 0)}
                              for t in state.tracked.values()],

@@ -4,8 +4,9 @@ that node's replicas on the node's own engine and reports the node's telemetry.
 Telemetry comes from NVML where the node has a GPU, else from a simulated inventory described in
 YAML (scheduler/telemetry/simulated.py); the snapshots in the node's weight cache
 (scheduler/snapshots) are added to what it reports as cached. The engine is a Runtime
-(scheduler/runtimes/base.py): Docker (`engine="docker"`), or `ProcessEngine`, which serves a Cog
-project directory with `cogkit serve` as a local process (where there is no container engine to use).
+(scheduler/runtimes/base.py): Docker (`engine="docker"`), or `CogProjectRuntime`, which serves a Cog
+project directory with `cogkit serve` as a local process through the process runtime (where there is
+no container engine to use).
 Everything crossing Ray is a plain value (dicts, lists): frozen readings hold mappingproxies.
 
 A node joins with:
@@ -18,16 +19,13 @@ from __future__ import annotations
 import argparse
 import builtins
 import importlib
-import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,8 @@ from scheduler.ray_inventory import (
     node_resources_json,
     reading_to_dict,
 )
-from scheduler.runtimes.base import LABEL_PORT, ReplicaSpec, Runtime, RuntimeError_, StartedReplica
+from scheduler.runtimes.base import ReplicaSpec, Runtime, RuntimeError_, StartedReplica
+from scheduler.runtimes.process import ProcessRuntime
 from scheduler.snapshots import SnapshotCache, directory_origin
 from scheduler.telemetry.base import Inventory, NodeReading, SpecError
 from scheduler.telemetry.simulated import SimulatedInventory
@@ -50,75 +49,38 @@ REPO_ROOT = Path(__file__).resolve().parents[1]     # `python -m cogkit.cli` run
 SNAPSHOT_BUDGET_BYTES = 50 * 2**30
 
 
-class ProcessEngine:
-    """Replicas as local `cogkit serve --project IMAGE` processes (the image is a project directory),
-    each in its own process group, with a record (pid, labels, url) and a log in the state directory."""
+class CogProjectRuntime:
+    """Replicas as local `cogkit serve --project IMAGE` processes, the image being a Cog project
+    directory on this node, run by the process runtime (runtimes/process.py: one process group, a
+    record and a log per replica in the state directory). Records left by an agent that died are
+    orphans nobody routes to: they are stopped when the agent starts."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
-        # name -> (process, record); copied before iterating: the agent's calls run on several threads
-        self._children: dict[str, tuple[subprocess.Popen[bytes], dict[str, Any]]] = {}
-        for path in state_dir.glob("*.json"):    # left by an agent that died: nobody owns them now
-            self._kill(json.loads(path.read_text())["pid"])
-            path.unlink()
+        self.processes = ProcessRuntime(state_dir)
+        for orphan in self.processes.list({}):
+            self.processes.stop(orphan.id, timeout=0)
 
     def start(self, spec: ReplicaSpec) -> StartedReplica:
         project = Path(spec.image)
         if not (project / "cog.yaml").is_file():
             raise RuntimeError_(f"{spec.name}: image: expected a Cog project directory on this node, got {spec.image}")
-        argv = [sys.executable, "-m", "cogkit.cli", "serve", "--project", str(project),
-                "--host", "127.0.0.1", "--port", str(spec.port)]
-        env = {**os.environ, **spec.env}
-        if spec.gpu_uuids:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids)
-        with open(self.state_dir / f"{spec.name}.log", "ab") as log_file:
-            child = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        labels = {**spec.labels, LABEL_PORT: str(spec.port)}
-        url = f"http://127.0.0.1:{spec.port}"
-        record = {"name": spec.name, "pid": child.pid, "labels": labels, "url": url}
-        (self.state_dir / f"{spec.name}.json").write_text(json.dumps(record))
-        self._children[spec.name] = (child, record)
-        return StartedReplica(spec.name, spec.name, labels, url, True)
+        command = (sys.executable, "-m", "cogkit.cli", "serve", "--project", str(project),
+                   "--host", "127.0.0.1", "--port", "{port}")
+        # this checkout's cogkit, wherever the agent's working directory is
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+        return self.processes.start(replace(spec, command=command, env={**spec.env, "PYTHONPATH": path}))
 
     def list(self, labels: Mapping[str, str]) -> builtins.list[StartedReplica]:
-        out = []
-        for name, (child, record) in list(self._children.items()):
-            if all(record["labels"].get(k) == v for k, v in labels.items()):
-                code = child.poll()
-                out.append(StartedReplica(name, name, record["labels"], record["url"], code is None, code))
-        return out
+        return self.processes.list(labels)
 
     def stop(self, replica_id: str, timeout: float = 10) -> None:
-        child, _ = self._children.pop(replica_id, (None, None))
-        if child is not None:
-            try:
-                os.killpg(child.pid, signal.SIGTERM)
-                child.wait(timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                self._kill(child.pid)
-                child.wait()
-        (self.state_dir / f"{replica_id}.json").unlink(missing_ok=True)
+        self.processes.stop(replica_id, timeout)
 
     def logs(self, replica_id: str, tail: int = 20) -> str:
-        try:
-            lines = (self.state_dir / f"{replica_id}.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-tail:])
+        return self.processes.logs(replica_id, tail)
 
     def pids(self) -> builtins.list[int]:
-        return [c.pid for c, _ in list(self._children.values()) if c.poll() is None]
-
-    @staticmethod
-    def _kill(pid: int) -> None:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        return [pid for r in self.processes.list({}) if r.running and (pid := self.processes.pid(r.id)) is not None]
 
 
 def node_inventory(node: str, inventory_yaml: str | None) -> Inventory:
@@ -145,7 +107,7 @@ class NodeAgent:
         self.snapshots = SnapshotCache(root / "snapshots", SNAPSHOT_BUDGET_BYTES)
         self.engine: Runtime
         if engine == "process":
-            self.engine = ProcessEngine(root / "replicas")
+            self.engine = CogProjectRuntime(root / "replicas")
         elif engine == "docker":
             from scheduler.runtimes.docker import DockerRuntime
             self.engine = DockerRuntime()
@@ -190,7 +152,7 @@ class NodeAgent:
 
     def pids(self) -> builtins.list[int]:
         """The replica processes running here (a test kills them with the node)."""
-        return self.engine.pids() if isinstance(self.engine, ProcessEngine) else []
+        return self.engine.pids() if isinstance(self.engine, CogProjectRuntime) else []
 
 
 def replica_to_dict(replica: StartedReplica) -> dict[str, Any]:

@@ -318,7 +318,7 @@ def random_cluster(rng: random.Random, nodes: int) -> tuple[InventorySnapshot, l
             used = rng.choice([0, 0, 5, 10, 20, 30, 60])
             used = min(used, total)
             gpus.append(gpu(f"n{n}g{i}", total, used, cc=rng.choice([(7, 5), (8, 0), (9, 0)]),
-                            util=rng.choice([0.0, 10.0, 50.0, 90.0]), healthy=rng.random() > 0.05,
+                            util=rng.choice([0.0, 10.0, 50.0, 55.0, 72.5, 90.0]), healthy=rng.random() > 0.05,
                             read_at=NOW - rng.choice([0, 0, 0, 100]), index=i))
             if used and rng.random() < 0.5:
                 state = rng.choice(list(ReplicaState))

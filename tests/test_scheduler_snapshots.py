@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from scheduler.snapshots import (
     SnapshotCache,
@@ -62,6 +64,37 @@ def test_a_damaged_snapshot_is_evicted_on_load(tmp_path: Path, origin: Path) -> 
     cache.materialize("v1", directory_origin(origin))
     (cache.root / "v1" / "config.json").write_text("{}")  # wrong size
     assert cache.get("v1", verify="sizes") is None
+
+
+def test_the_full_check_hashes_xxh3_and_loads_from_the_same_map(tmp_path: Path, origin: Path) -> None:
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**6)
+    snapshot = cache.materialize("v2", directory_origin(origin))
+    weights = next(f for f in snapshot.files if f.name == "model.safetensors")
+    raw = (origin / "v2" / "model.safetensors").read_bytes()
+    assert weights.xxh3_128 == xxhash.xxh3_128_hexdigest(raw) and weights.sha256 == hashlib.sha256(raw).hexdigest()
+    loaded = cache.get("v2")
+    assert loaded is not None and set(loaded.mapped) == {"model.safetensors", "config.json"}
+    assert bytes(loaded.tensors("model.safetensors")["w"]) == b"2" * 2000
+    # a byte flipped inside a tensor, the file's size unchanged: the load refuses it and evicts it
+    target = loaded.path / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    assert cache.get("v2") is None and "v2" not in cache.versions()
+
+
+def test_a_manifest_without_xxh3_is_checked_by_sha256(tmp_path: Path, origin: Path) -> None:
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**6)
+    snapshot = cache.materialize("v1", directory_origin(origin))
+    manifest_path = snapshot.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for f in manifest["files"]:
+        del f["xxh3_128"]  # as written before the second digest existed
+    manifest_path.write_text(json.dumps(manifest))
+    assert cache.get("v1") is not None
+    target = snapshot.path / "config.json"
+    target.write_text('{"layers": 3}')  # same size
+    assert cache.get("v1") is None
 
 
 def test_expected_content_hash_must_match(tmp_path: Path, origin: Path) -> None:

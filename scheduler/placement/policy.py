@@ -54,12 +54,11 @@ class Policy:
             raise ValueError(f"max_telemetry_age_s: expected > 0, got {self.max_telemetry_age_s}")
 
     def rung_points(self, rung: Rung) -> float:
-        return {
-            Rung.SLEEPING: self.points_sleeping,
-            Rung.LOCAL_SNAPSHOT: self.points_local_snapshot,
-            Rung.PEER_SNAPSHOT: self.points_peer_snapshot,
-            Rung.ORIGIN: 0.0,
-        }[rung]
+        if rung is Rung.SLEEPING:
+            return self.points_sleeping
+        if rung is Rung.LOCAL_SNAPSHOT:
+            return self.points_local_snapshot
+        return self.points_peer_snapshot if rung is Rung.PEER_SNAPSHOT else 0.0
 
     @classmethod
     def first_fit(cls) -> Policy:

@@ -1,15 +1,13 @@
-"""The cluster as placement sees it, indexed so one decision needs no pass over every GPU.
+"""Placement's filters, scores and decisions over the indexed view (view.py), so one decision
+needs no pass over every GPU.
 
-GPUs that can take work sit in lists sorted by effective free memory (the
-smaller of live free memory minus what starting replicas will take, and total
-minus everything promised, less the safety margin), one per (compute
-capability, utilization band); each model version has the same for the GPUs
-on nodes holding its snapshot. A decision starts at the first GPU with enough
+A decision starts at the first GPU with enough
 memory and walks in the strategy's order. Memory fit is the only positive term
 that changes along a list (the band bounds the busy penalty, anti-affinity
 only subtracts, locality is fixed per list), so a walk stops as soon as no GPU
-further on can beat the best one found. Multi-GPU replicas walk nodes, by the
-free memory of their k-th freest GPU.
+further on can beat the best one found; whole lists are left out the same way
+(a busy band's least penalty bounds every GPU in it). Multi-GPU replicas walk
+nodes, by the free memory of their k-th freest GPU.
 
 `ClusterState.place` gives the same answer as scoring every candidate
 (evaluate.py, which `explain` uses; the tests compare the two) until a
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -31,13 +28,11 @@ from scheduler.placement.model import (
     NoFit,
     Placement,
     ReplicaRequest,
-    ReplicaState,
     Rung,
-    RunningReplica,
     ScoreTerms,
 )
-from scheduler.placement.policy import Policy, Strategy
-from scheduler.telemetry.base import GpuReading, InventorySnapshot, NodeReading
+from scheduler.placement.policy import Strategy
+from scheduler.placement.view import ClusterView
 
 # Filter names, as explain and NoFit report them.
 UNREACHABLE = "node unreachable"
@@ -51,223 +46,11 @@ STARTING = "replica starting on GPU"
 MEMORY_LIVE = "memory (live telemetry)"
 MEMORY_PROMISED = "memory (promised to replicas)"
 
-_BAND_PERCENT = 5.0
-_COUNTS_FOR_AFFINITY = frozenset({ReplicaState.STARTING, ReplicaState.READY})
 _NO_SLEEPER = ("", 0)
 
-class ClusterState:
-    """Mutable, indexed view of inventory + replicas. `place` never mutates it."""
 
-    def __init__(self, policy: Policy | None = None) -> None:
-        self.policy = policy or Policy()
-        self._nodes: dict[str, NodeEntry] = {}
-        self._gpus: dict[str, GpuEntry] = {}
-        self._by_order: dict[int, GpuEntry] = {}
-        # Sorted lists by utilization band: band 0 is at or under the busy threshold (no penalty),
-        # then bands of _BAND_PERCENT each; a walk bounds each band by its least penalty.
-        threshold = self.policy.utilization_threshold_percent
-        hot_bands = math.floor((100.0 - threshold) / _BAND_PERCENT) + 1
-        self._band_top = [0.0] + [self._busy_penalty(threshold + i * _BAND_PERCENT) for i in range(hot_bands)]
-        self._index = GpuIndex(len(self._band_top))  # every GPU that can take work
-        self._local_index: dict[str, GpuIndex] = {}  # version -> those GPUs on nodes with its snapshot
-        self._cached_on: Counter[str] = Counter()  # version -> nodes holding its snapshot
-        self._cached_nodes: dict[str, set[str]] = {}  # version -> names of those nodes
-        # Multi-GPU replicas walk nodes: k -> sorted (k-th most free memory of a node's GPUs, node ordinal)
-        # (k, the node's best compute capability) -> sorted (k-th most free memory, node ordinal)
-        self._kth: dict[tuple[int, tuple[int, int]], list[tuple[int, int]]] = {}
-        self._kth_sizes: set[int] = set()
-        self._nodes_by_ordinal: dict[int, NodeEntry] = {}
-        self._model_replicas: Counter[str] = Counter()  # model -> starting + ready replicas
-        self._capable: dict[tuple[tuple[int, int], tuple[tuple[str, str], ...]], int] = {}  # -> nodes
-        self._replicas: dict[str, RunningReplica] = {}
-        self._sleeping: dict[str, set[str]] = {}  # version -> sleeping replica ids
-        self._next_node = 0
-        self._next_gpu = 0
-        self._reference_bytes = 1  # the largest GPU seen: scales memory fit to [0, 1]
-
-    @classmethod
-    def build(cls, snapshot: InventorySnapshot, running: Iterable[RunningReplica] = (),
-              policy: Policy | None = None) -> ClusterState:
-        state = cls(policy)
-        for node in snapshot.nodes:
-            state.set_node(node)
-        for replica in running:
-            state.add_replica(replica)
-        return state
-
-    # --- keeping the view current -------------------------------------------------
-
-    def set_node(self, reading: NodeReading) -> None:
-        """Add a node or replace its readings; GPUs missing from the reading are gone."""
-        self._capable.clear()
-        node = self._nodes.get(reading.name)
-        if node is None:
-            node = self._nodes[reading.name] = NodeEntry(reading, self._next_node)
-            self._nodes_by_ordinal[node.ordinal] = node
-            self._next_node += 1
-        node.labels, node.read_at, node.reachable, node.cpus = (
-            reading.labels, reading.read_at, reading.reachable, reading.cpus)
-        present = {g.uuid for g in reading.gpus}
-        for gone in [g for g in node.gpus if g.uuid not in present]:
-            self._unindex(gone)
-            del self._gpus[gone.uuid], self._by_order[gone.order]
-        node.gpus = [g for g in node.gpus if g.uuid in present]
-        for gpu_reading in reading.gpus:
-            self.update_gpu(reading.name, gpu_reading)
-        self.set_cached_versions(reading.name, reading.cached_versions)
-        for gpu in node.gpus:
-            self._reindex(gpu)
-
-    def update_gpu(self, node_name: str, reading: GpuReading) -> None:
-        """One GPU's new reading (the simulation's fast path; set_node calls it too)."""
-        node = self._nodes[node_name]
-        gpu = self._gpus.get(reading.uuid)
-        if gpu is None:
-            gpu = GpuEntry(reading, node, self._next_gpu)
-            self._next_gpu += 1
-            self._gpus[gpu.uuid] = self._by_order[gpu.order] = gpu
-            self._capable.clear()
-            node.gpus.append(gpu)
-            for replica in self._replicas.values():
-                if gpu.uuid in replica.gpu_uuids:
-                    self._account_gpu(gpu, replica, +1)
-        else:
-            gpu.read(reading)
-        self._reference_bytes = max(self._reference_bytes, gpu.total)
-        self._reindex(gpu)
-
-    def heartbeat(self, node_name: str, at: float) -> None:
-        """The node reported and nothing changed: its readings are as of `at`."""
-        node = self._nodes[node_name]
-        node.read_at = at
-        for gpu in node.gpus:
-            gpu.read_at = at
-
-    def set_cached_versions(self, node_name: str, versions: frozenset[str]) -> None:
-        node = self._nodes[node_name]
-        for version in node.cached - versions:
-            local = self._local_index[version]
-            for gpu in node.gpus:
-                if gpu.key is not None:
-                    local.remove(gpu)
-            self._cached_on[version] -= 1
-            self._cached_nodes[version].discard(node.name)
-            if not self._cached_on[version]:
-                del self._local_index[version], self._cached_on[version], self._cached_nodes[version]
-        for version in versions - node.cached:
-            local = self._local_index.setdefault(version, GpuIndex(len(self._band_top)))
-            self._cached_on[version] += 1
-            self._cached_nodes.setdefault(version, set()).add(node.name)
-            for gpu in node.gpus:
-                if gpu.key is not None:
-                    local.add(gpu)
-        node.cached = versions
-
-    def add_replica(self, replica: RunningReplica) -> None:
-        if replica.replica_id in self._replicas:
-            self.remove_replica(replica.replica_id)
-        self._replicas[replica.replica_id] = replica
-        self._account(replica, +1)
-
-    def remove_replica(self, replica_id: str) -> RunningReplica | None:
-        replica = self._replicas.pop(replica_id, None)
-        if replica is not None:
-            self._account(replica, -1)
-        return replica
-
-    def set_replica_state(self, replica_id: str, state: ReplicaState, gpu_memory_bytes: int | None = None) -> None:
-        old = self._replicas[replica_id]
-        memory = old.gpu_memory_bytes if gpu_memory_bytes is None else gpu_memory_bytes
-        self.remove_replica(replica_id)
-        self.add_replica(RunningReplica(old.replica_id, old.model, old.version, old.node, old.gpu_uuids,
-                                        memory, state, old.cpus))
-
-    def replica(self, replica_id: str) -> RunningReplica | None:
-        return self._replicas.get(replica_id)
-
-    def _account(self, replica: RunningReplica, sign: int) -> None:
-        node = self._nodes.get(replica.node)
-        if node is not None:
-            node.cpus_promised += sign * replica.cpus
-            if replica.state in _COUNTS_FOR_AFFINITY:
-                node.models[replica.model] += sign
-                self._model_replicas[replica.model] += sign
-                if not node.models[replica.model]:
-                    del node.models[replica.model]
-        if replica.state is ReplicaState.SLEEPING:
-            sleepers = self._sleeping.setdefault(replica.version, set())
-            (sleepers.add if sign > 0 else sleepers.discard)(replica.replica_id)
-        for uuid in replica.gpu_uuids:
-            gpu = self._gpus.get(uuid)
-            if gpu is not None:
-                self._account_gpu(gpu, replica, sign)
-                self._reindex(gpu)
-
-    @staticmethod
-    def _account_gpu(gpu: GpuEntry, replica: RunningReplica, sign: int) -> None:
-        gpu.promised_all += sign * replica.gpu_memory_bytes
-        if replica.state is ReplicaState.STARTING:
-            gpu.promised_starting += sign * replica.gpu_memory_bytes
-            gpu.starting += sign
-        if replica.state in _COUNTS_FOR_AFFINITY:
-            gpu.models[replica.model] += sign
-        if replica.state is ReplicaState.SLEEPING:
-            if sign > 0:
-                gpu.sleeping[replica.version] = (replica.replica_id, replica.gpu_memory_bytes)
-            else:
-                gpu.sleeping.pop(replica.version, None)
-
-    def _effective_free(self, gpu: GpuEntry) -> int:
-        margin = int(gpu.total * self.policy.memory_margin_fraction)
-        return min(gpu.live_free - gpu.promised_starting, gpu.total - gpu.promised_all) - margin
-
-    def _refresh_node(self, node: NodeEntry) -> None:
-        frees = node.indexed_frees()
-        node.max_free = frees[0] if frees else -1
-        capability = max((g.capability for g in node.gpus), default=(0, 0))
-        for k in self._kth_sizes:
-            old = node.kth.pop(k, None)
-            if old is not None:
-                index = self._kth[(k, old[0])]
-                del index[bisect.bisect_left(index, old[1])]
-            if len(frees) >= k:
-                entry = (frees[k - 1], node.ordinal)
-                node.kth[k] = (capability, entry)
-                bisect.insort(self._kth.setdefault((k, capability), []), entry)
-
-    def _kth_lists(self, k: int, min_capability: tuple[int, int]) -> list[list[tuple[int, int]]]:
-        """Per node capability, the nodes that have k GPUs able to take work, by the k-th one's free memory."""
-        if k not in self._kth_sizes:
-            self._kth_sizes.add(k)
-            for node in self._nodes.values():
-                self._refresh_node(node)
-        return [index for (size, capability), index in sorted(self._kth.items())
-                if size == k and capability >= min_capability]
-
-    def _unindex(self, gpu: GpuEntry) -> None:
-        if gpu.key is None:
-            return
-        self._index.remove(gpu)
-        for version in gpu.node.cached:
-            self._local_index[version].remove(gpu)
-        gpu.key = None
-        self._refresh_node(gpu.node)
-
-    def _reindex(self, gpu: GpuEntry) -> None:
-        """Keep a GPU in the indexes while it can take work; a GPU with a replica starting
-        cannot (one model server starting per GPU), so walks never meet it."""
-        self._unindex(gpu)
-        if gpu.healthy and not gpu.mig and not gpu.starting and gpu.node.reachable:
-            gpu.key = (self._effective_free(gpu), gpu.order)
-            over = gpu.utilization - self.policy.utilization_threshold_percent
-            # band i >= 1 holds [threshold + (i-1)*5%, threshold + i*5%): its least penalty is exact
-            # at its lower edge, where whole-percent readings often sit
-            band = min(len(self._band_top) - 1, math.floor(over / _BAND_PERCENT) + 1) if over > 0 else 0
-            gpu.slot = (gpu.capability, band)
-            self._index.add(gpu)
-            for version in gpu.node.cached:
-                self._local_index[version].add(gpu)
-            self._refresh_node(gpu.node)
+class ClusterState(ClusterView):
+    """The view (view.py) plus filters, scores and decisions. `place` never mutates it."""
 
     # --- filters and scores, shared by the walk and the full evaluation -----------
 
@@ -313,11 +96,6 @@ class ClusterState:
         leftover = (free - need) / self._reference_bytes
         return 1.0 - leftover if strategy is Strategy.PACK else leftover
 
-    def _busy_penalty(self, utilization: float) -> float:
-        threshold = self.policy.utilization_threshold_percent
-        over = max(0.0, min(utilization, 100.0) - threshold) / (100.0 - threshold)
-        return -self.policy.weight_utilization * over if over else 0.0
-
     def _node_ok(self, node: NodeEntry, request: ReplicaRequest, now: float) -> bool:
         """node_failures(...) == [], without building the list (the walk's hot path)."""
         if not node.reachable or now - node.read_at > self.policy.max_telemetry_age_s:
@@ -357,9 +135,13 @@ class ClusterState:
                ) -> tuple[float, float, float, float, Rung, str | None]:
         """The four weighted terms, the rung and the sleeper woken, for one candidate."""
         policy = self.policy
-        wakes = self.sleeper_on(gpus, request) if gpus else None
+        wakes = self.sleeper_on(gpus, request) if gpus and self._sleeping.get(request.version) else None
         fit = utilization = 0.0
-        if gpus:
+        if len(gpus) == 1 and wakes is None:  # the common case, without the generators (same values)
+            gpu = gpus[0]
+            fit = self._fit(self._effective_free(gpu), request.gpu_memory_bytes)
+            utilization = self._busy_penalty(gpu.utilization / 1)
+        elif gpus:
             need = request.gpu_memory_bytes
             if wakes is None:
                 fit = min(self._fit(self._effective_free(g), need) for g in gpus)
@@ -377,9 +159,11 @@ class ClusterState:
         affinity = -penalty if penalty else 0.0
         return policy.weight_memory_fit * fit, utilization, policy.rung_points(rung), affinity, rung, wakes
 
-    def score(self, node: NodeEntry, gpus: list[GpuEntry], request: ReplicaRequest) -> Placement:
-        """Score one candidate (a node and the GPUs it would give); filters are checked elsewhere."""
-        fit, utilization, locality, affinity, rung, wakes = self._terms(node, gpus, request)
+    def score(self, node: NodeEntry, gpus: list[GpuEntry], request: ReplicaRequest, share: int | None = None
+              ) -> Placement:
+        """Score one candidate (a node and the GPUs it would give); filters are checked elsewhere.
+        `share`: the request's even share (_even_share), when the caller has it already."""
+        fit, utilization, locality, affinity, rung, wakes = self._terms(node, gpus, request, share)
         return Placement(node.name, tuple(g.uuid for g in gpus), rung,
                          ScoreTerms(fit, utilization, locality, affinity), wakes)
 
@@ -391,10 +175,14 @@ class ClusterState:
         replica_id = sleepers.pop()
         return replica_id if len(self._replicas[replica_id].gpu_uuids) == len(gpus) else None
 
-    def sleeper_candidates(self, request: ReplicaRequest, now: float) -> list[tuple[Placement, Rank]]:
+    def sleeper_candidates(self, request: ReplicaRequest, now: float, share: int | None = None
+                           ) -> list[tuple[Placement, Rank]]:
         """Waking a sleeping instance of this version, where its GPUs pass every filter."""
-        found = []
-        for replica_id in sorted(self._sleeping.get(request.version, ())):
+        found: list[tuple[Placement, Rank]] = []
+        sleeping = self._sleeping.get(request.version)
+        if not sleeping:
+            return found
+        for replica_id in sorted(sleeping):
             sleeper = self._replicas[replica_id]
             gpus = [self._gpus[u] for u in sleeper.gpu_uuids if u in self._gpus]
             node = self._nodes.get(sleeper.node)
@@ -403,7 +191,7 @@ class ClusterState:
             if self.node_failures(node, request, now) or any(self.gpu_failures(g, request, now, wake=True)
                                                              for g in gpus):
                 continue
-            found.append((self.score(node, gpus, request), self.rank_of(gpus)))
+            found.append((self.score(node, gpus, request, share), self.rank_of(gpus)))
         return found
 
     def rank_of(self, gpus: list[GpuEntry]) -> Rank:
@@ -467,20 +255,42 @@ class ClusterState:
 
     def _best(self, request: ReplicaRequest, now: float) -> Placement | None:
         best: list[Any] = []  # [score, rank, node, gpus] of the best candidate so far
-        for candidate, rank in self.sleeper_candidates(request, now):  # the highest points, few of them
+        share = self._even_share(request)
+        for candidate, rank in self.sleeper_candidates(request, now, share):  # the highest points, few of them
             gpus = [self._gpus[u] for u in candidate.gpu_uuids]
             self._consider(best, candidate.score, rank, self._nodes[candidate.node], gpus)
         if request.gpu_count > 1:
             self._best_on_nodes(request, now, best)
-            return self.score(best[2], best[3], request) if best else None
+            return self.score(best[2], best[3], request, share) if best else None
         policy = self.policy
         local = self._local_index.get(request.version)
         budget = [policy.max_walk]  # GPUs this decision may walk past, over all lists
-        if local:
-            self._walk(local, policy.points_local_snapshot, request, now, best, budget, skip_cached=False)
-        self._walk(self._index, policy.rung_points(self._generic_rung(request.version)), request, now, best, budget,
-                   skip_cached=local is not None)
-        return self.score(best[2], best[3], request) if best else None
+        generic_points = policy.rung_points(self._generic_rung(request.version))
+        if not local:
+            self._walk(self._index, generic_points, request, now, best, budget, skip_cached=False, share=share)
+            return self.score(best[2], best[3], request, share) if best else None
+        # No GPU on a node holding the snapshot scores above this ceiling (a fit of 1, no busy
+        # penalty, the least anti-affinity of those nodes). When the model already runs on all of
+        # them, it is below what the other nodes could offer: walk those first, and their best
+        # usually rules the local walk out at once. The order changes no result, only the work.
+        ceiling = policy.weight_memory_fit + policy.points_local_snapshot - self._least_node_penalty(request, share)
+        local_first = ceiling >= policy.weight_memory_fit + generic_points
+        if local_first:
+            self._walk(local, policy.points_local_snapshot, request, now, best, budget, skip_cached=False, share=share)
+        self._walk(self._index, generic_points, request, now, best, budget, skip_cached=True, share=share)
+        if not local_first and not (best and ceiling + 1e-9 < best[0]):  # slack: the ceiling is summed differently
+            self._walk(local, policy.points_local_snapshot, request, now, best, budget, skip_cached=False, share=share)
+        return self.score(best[2], best[3], request, share) if best else None
+
+    def _least_node_penalty(self, request: ReplicaRequest, share: int) -> float:
+        """The least node anti-affinity among the nodes holding the request's snapshot."""
+        least = -1
+        for name in self._cached_nodes.get(request.version, ()):
+            over = self._nodes[name].models.get(request.model, 0) - share
+            if over <= 0:
+                return 0.0
+            least = over if least < 0 else min(least, over)
+        return self.policy.penalty_same_node * max(0, least)
 
     @staticmethod
     def _consider(best: list[Any], score: float, rank: Rank, node: NodeEntry, gpus: list[GpuEntry]) -> None:
@@ -490,37 +300,26 @@ class ClusterState:
             best[:] = (score, rank, node, gpus)
 
     def _walk(self, index: GpuIndex, points: float, request: ReplicaRequest, now: float,
-              best: list[Any], budget: list[int], skip_cached: bool) -> None:
+              best: list[Any], budget: list[int], skip_cached: bool, share: int) -> None:
         """Walk sorted lists from the first GPU with enough memory, in the strategy's order, until
         no GPU further on can beat the best so far. A GPU's bound is its memory fit + its band's
         least penalty + `points`, summed like a score so float rounding keeps bound >= score; at
         a bound equal to the best score, a GPU ranked below the best ends the walk too, since
         every later one ranks lower still. `skip_cached`: GPUs on nodes holding the version's
-        snapshot were walked already. Once a candidate is found, `budget` caps the walk."""
+        snapshot are left to the walk of the snapshot's own index. Once a candidate is found, `budget` caps the walk."""
         need, weight, version = request.gpu_memory_bytes, self.policy.weight_memory_fit, request.version
+        if best and weight * 1.0 + 0.0 + points + 0.0 < best[0]:
+            return  # a fit of 1 in the least busy band would not beat the best: no list can
         spread = self.policy.strategy is Strategy.SPREAD
         reference = self._reference_bytes
-        model, share = request.model, self._even_share(request)
+        model = request.model
         per_node, same_gpu = self.policy.penalty_same_node, self.policy.penalty_same_gpu
         by_order = self._by_order
 
         def rank(key: Key) -> Rank:
             return key if spread else (-key[0], -key[1])
 
-        # The lists in order of the best bound each could offer, so the likely winner comes
-        # first and the other lists stop at their first key.
-        lists = []
-        for bands in index.capable(request.min_compute_capability):
-            for band, keys_sorted in enumerate(bands):
-                end = len(keys_sorted)
-                start = bisect.bisect_left(keys_sorted, (need, -1))
-                if start < end:
-                    first = keys_sorted[end - 1 if spread else start][0]
-                    leftover = (first - need) / reference
-                    opening = weight * (leftover if spread else 1.0 - leftover) + self._band_top[band]
-                    lists.append((opening, band, start, keys_sorted))
-        lists.sort(key=lambda entry: -entry[0])
-        for _, band, start, keys_sorted in lists:
+        for band, start, keys_sorted in self._lists_to_walk(index, request, points, best):
             end = len(keys_sorted)
             top = self._band_top[band]
             i, step, stop = (end - 1, -1, start - 1) if spread else (start, 1, end)
@@ -547,8 +346,56 @@ class ClusterState:
                 if skip_cached and version in gpu.node.cached:
                     continue
                 if self._gpu_ok(gpu, request, now) and self._node_ok(gpu.node, request, now):
-                    terms = self._terms(gpu.node, [gpu], request, share)
-                    self._consider(best, terms[0] + terms[1] + terms[2] + terms[3], rank(key), gpu.node, [gpu])
+                    if version in gpu.sleeping:  # waking it scores differently: the full terms
+                        terms = self._terms(gpu.node, [gpu], request, share)
+                        score = terms[0] + terms[1] + terms[2] + terms[3]
+                    else:  # _terms for one GPU, inlined: the same float operations, so the same sum
+                        leftover = (key[0] - need) / reference
+                        on_node, on_gpu = gpu.node.models.get(model, 0), gpu.models.get(model)
+                        penalty = per_node * max(0, on_node - share) + (same_gpu if on_gpu else 0.0)
+                        score = (weight * (leftover if spread else 1.0 - leftover) + self._busy_penalty(gpu.utilization)
+                                 + points + (-penalty if penalty else 0.0))
+                    self._consider(best, score, rank(key), gpu.node, [gpu])
+
+    def _lists_to_walk(self, index: GpuIndex, request: ReplicaRequest, points: float, best: list[Any]
+                       ) -> Iterable[tuple[int, int, list[Key]]]:
+        """(band, first position with room, list) for each list a walk should take, best opening
+        first, read as the walk goes: a list is left out once no GPU in it can beat `best`. Only
+        lists whose last key has room qualify. Pack goes band by band (a band's least penalty and a
+        fit of 1 bound all its GPUs, so the busy bands are usually never bisected), each band's lists
+        by the exact bound of their first GPU; spread orders all lists by that exact bound, read
+        off their freest GPU without a bisect."""
+        need, weight, reference = request.gpu_memory_bytes, self.policy.weight_memory_fit, self._reference_bytes
+        capable = index.capable(request.min_compute_capability)
+        if self.policy.strategy is Strategy.SPREAD:
+            lists = []
+            for bands in capable:
+                for band, keys_sorted in enumerate(bands):
+                    if keys_sorted and keys_sorted[-1][0] >= need:
+                        leftover = (keys_sorted[-1][0] - need) / reference
+                        lists.append((weight * leftover + self._band_top[band] + points + 0.0, band, keys_sorted))
+            lists.sort(key=lambda entry: -entry[0])
+            for opening, band, keys_sorted in lists:
+                if best and opening < best[0]:
+                    return  # every GPU in this list and in those after it is bounded below the best
+                yield band, bisect.bisect_left(keys_sorted, (need, -1)), keys_sorted
+            return
+        for band, top in enumerate(self._band_top):
+            if best and weight * 1.0 + top + points + 0.0 < best[0]:
+                continue
+            group = []
+            for bands in capable:
+                keys_sorted = bands[band]
+                if keys_sorted and keys_sorted[-1][0] >= need:
+                    start = bisect.bisect_left(keys_sorted, (need, -1))
+                    leftover = (keys_sorted[start][0] - need) / reference
+                    group.append((weight * (1.0 - leftover) + top + points + 0.0, start, keys_sorted))
+            if len(group) > 1:
+                group.sort(key=lambda entry: -entry[0])
+            for opening, start, keys_sorted in group:
+                if best and opening < best[0]:
+                    break
+                yield band, start, keys_sorted
 
     def _best_on_nodes(self, request: ReplicaRequest, now: float, best: list[Any]) -> None:
         """Several GPUs per replica: score whole nodes, those holding the version's snapshot
