@@ -59,6 +59,9 @@ log = logging.getLogger("cogkit.platform.controller")
 LOG_TAIL = 20
 BACKOFF_BASE = 1.0          # seconds before the first restart after a failure; doubled per failure
 BACKOFF_MAX = 60.0
+# Seconds between passes while a replica is starting (rather than `interval`): one that turns ready is
+# noticed within this, and a cold start's waiting requests go to it (it was up to `interval` more).
+STARTING_POLL = 0.1
 UNHEALTHY_AFTER = 3         # health checks without an answer before a ready replica is replaced
 
 
@@ -208,10 +211,15 @@ class Controller:
             except Exception:
                 log.exception("reconcile pass failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), min(self.interval, STARTING_POLL) if self._starting()
+                                       else self.interval)
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    def _starting(self) -> bool:
+        return any(state.starting or any(not t.ready and not t.stopping for t in state.tracked.values())
+                   for state in self.states.values())
 
     async def close(self, stop_replicas: bool) -> None:
         if self._task is not None:

@@ -85,6 +85,10 @@ def vllm_server_argv(model: Path, port: int, *extra: str) -> list[str]:
 VLLM_ARGS = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True, "enable_prefix_caching": True,
              "max_num_seqs": 16}
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "OMP_NUM_THREADS": "1"}
+# The pacing plugin (tests/vllm_plugins/cogkit_pace.py), for the deployments of the mid-stream tests:
+# loaded by vLLM from this folder; only requests that ask for it (vllm_xargs.pace_ms) are paced.
+PACE_ARGS = {"logits_processors": "cogkit_pace:PaceSteps"}
+PACE_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent / "vllm_plugins")}
 VLLM_ARGS_CLI = [arg for k, v in VLLM_ARGS.items()
                  for arg in ([f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", str(v)])]
 

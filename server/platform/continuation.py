@@ -36,19 +36,27 @@ class Progress:
     continued: int = 0                          # replicas it moved to
 
     def see(self, chunk: dict[str, Any]) -> None:
-        """Note one chunk of the first replica's stream (before it goes to the client)."""
+        """Note one chunk of the first replica's stream (before it goes to the client). Once per
+        streamed token: kept to plain lookups."""
         if not self.id:
             self.id, self.created, self.model = chunk.get("id", ""), chunk.get("created", 0), chunk.get("model", "")
-        if chunk.get("prompt_token_ids") is not None and self.prompt_ids is None:
+        if self.prompt_ids is None and chunk.get("prompt_token_ids") is not None:
             self.prompt_ids = list(chunk["prompt_token_ids"])
-        choices = chunk.get("choices") or []
-        if len(choices) > 1 or any(c.get("index", 0) for c in choices):
+        choices = chunk.get("choices")
+        if not choices:
+            return
+        if len(choices) > 1:
             self.blocker = "several choices (n > 1) cannot be continued"
         for choice in choices:
-            if choice.get("prompt_token_ids") is not None and self.prompt_ids is None:
+            if choice.get("index"):
+                self.blocker = "several choices (n > 1) cannot be continued"
+            if self.prompt_ids is None and choice.get("prompt_token_ids") is not None:
                 self.prompt_ids = list(choice["prompt_token_ids"])     # completions put them on the choice
-            self.output_ids.extend(choice.get("token_ids") or ())
-            if (choice.get("delta") or {}).get("tool_calls"):
+            ids = choice.get("token_ids")
+            if ids:
+                self.output_ids.extend(ids)
+            delta = choice.get("delta")
+            if delta and delta.get("tool_calls"):
                 self.blocker = "a tool call was half sent"
             if choice.get("finish_reason"):
                 self.finished = True
@@ -108,11 +116,11 @@ class Progress:
 
 
 def strip_ids(chunk: dict[str, Any]) -> dict[str, Any]:
-    """A first-replica chunk without the token ids the gateway asked for (the client did not)."""
-    if "prompt_token_ids" not in chunk and not any("token_ids" in c or "prompt_token_ids" in c
-                                                   for c in chunk.get("choices") or ()):
-        return chunk
-    out = {k: v for k, v in chunk.items() if k != "prompt_token_ids"}
-    out["choices"] = [{k: v for k, v in c.items() if k not in ("token_ids", "prompt_token_ids")}
-                      for c in chunk.get("choices") or ()]
-    return out
+    """A first-replica chunk without the token ids the gateway asked for (the client did not). In
+    place: the chunk was parsed for this stream alone, and a copy per token is CPU the replica's
+    engine could use."""
+    chunk.pop("prompt_token_ids", None)
+    for choice in chunk.get("choices") or ():
+        choice.pop("token_ids", None)
+        choice.pop("prompt_token_ids", None)
+    return chunk

@@ -4,7 +4,6 @@ replica: a replica that dies or stalls mid-answer is left, and another carries o
 token sent (server/platform/continuation.py). The client sees one stream, one id, one usage."""
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ from scheduler.engine_routing import EngineRouter, prefix_key
 from scheduler.metrics_scrape import EngineLoad, Scraper
 from scheduler.replicas import Lease
 from server.config import ProviderConfig, Timeouts
+from server.jsonio import loads
 from server.platform.continuation import Progress, strip_ids
 from server.platform.service import Platform
 from server.platform.vllm import VLLM_PROVIDER
@@ -204,14 +204,15 @@ class VllmProvider(Provider):
                 done = True
                 continue
             try:
-                chunk = json.loads(data)
+                chunk = loads(data)
             except ValueError as e:
                 raise UpstreamError(f"{lease.replica.url}: invalid JSON in stream", None, "stream") from e
             if chunk.get("error"):
                 err = chunk["error"]
                 raise UpstreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err),
                                     None, "stream", body=chunk)
-            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
+            if not finished:
+                finished = any(c.get("finish_reason") for c in chunk.get("choices") or ())
             yield chunk
         if not (done or finished):
             raise UpstreamError(f"{lease.replica.url}: the stream ended before it finished", None, "stream")
