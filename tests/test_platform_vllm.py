@@ -127,6 +127,27 @@ def test_config_entries_are_seeded_into_the_store(deployments) -> None:
     assert not created and again.created_at == d.created_at
 
 
+def test_sleep_when_idle_turns_on_vllm_sleep_mode_for_the_replicas(deployments) -> None:
+    """The deployment's switch reaches the controller (sleep instead of stop), the server's dev
+    endpoints (VLLM_SERVER_DEV_MODE) and, on GPU hosts only, --enable-sleep-mode (CPU refuses it)."""
+    from server.platform.config import PlatformConfig
+    from server.platform.registry import RegistryError
+    from server.platform.vllm_deployments import desired
+    _, store = deployments
+    with pytest.raises(RegistryError) as e:
+        store.put(_engine(sleep_when_idle="yes"), "t1", True)
+    assert str(e.value).startswith("sleep_when_idle") and e.value.status == 422
+    plain, _ = store.put(_engine(), "t1", True)
+    off = desired(plain, PlatformConfig())
+    assert not off.sleep_when_idle and "VLLM_SERVER_DEV_MODE" not in off.env
+    on_cpu = desired(store.patch("acme/tiny", {"sleep_when_idle": True}), PlatformConfig())
+    assert on_cpu.sleep_when_idle and on_cpu.env["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "--enable-sleep-mode" not in on_cpu.command
+    on_gpu = desired(store.patch("acme/tiny", {"hardware": {"gpus": 1}}), PlatformConfig())
+    assert on_gpu.sleep_when_idle and "--enable-sleep-mode" in on_gpu.command
+    assert on_gpu.spec_hash() != on_cpu.spec_hash()
+
+
 def test_engine_deployments_over_http_name_the_bad_field(gateway) -> None:  # noqa: F811
     gw = gateway({"platform": {"controller": False}})
     tenant_key = gw.new_key("t1")

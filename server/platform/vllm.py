@@ -12,6 +12,7 @@ process from vLLM's own virtualenv, or a container of `platform.vllm_image`), an
           env: {VLLM_CPU_KVCACHE_SPACE: "1"}
           min_replicas: 1
           max_replicas: 2
+          sleep_when_idle: true           # idle: vLLM sleep mode (woken on demand) instead of stopped
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scheduler.autoscaler import ScalePolicy
 from scheduler.controller import DesiredDeployment
+from scheduler.vllm_sleep import DEV_MODE_ENV, sleep_mode_args
 
 VLLM_PROVIDER = "cogkit-vllm"            # the Target.provider of every vLLM deployment
 ENGINE = "vllm"
@@ -52,6 +54,7 @@ class VllmDeploymentConfig(BaseModel):
     cold_start_timeout: float = Field(600.0, gt=0)
     setup_timeout: float = Field(900.0, gt=0)       # vLLM loads, profiles and warms up before /health
     prefix_affinity: bool = True                    # a long shared prompt prefix goes back to its replica
+    sleep_when_idle: bool = False                   # idle: vLLM sleep mode instead of stopping (scheduler/vllm_sleep.py)
     gpus: int = Field(0, ge=0)
     gpu_memory_mb: int = Field(0, ge=0)
     input_price: float = Field(0.0, ge=0)           # per token, for spend
@@ -89,13 +92,16 @@ class VllmDeploymentConfig(BaseModel):
                 continue
             else:
                 argv += [flag, value if isinstance(value, str) else str(value)]
+        if self.sleep_when_idle:
+            argv += sleep_mode_args(gpu_host=self.gpus > 0)
         return (*argv, *self.extra_args)
 
     def desired(self) -> DesiredDeployment:
         policy = ScalePolicy(self.min_replicas, self.max_replicas, self.target_concurrency, self.idle_timeout)
         return DesiredDeployment(
             name=self.name, model=self.name, version_id=f"vllm:{self.model}", image="", max_concurrency=self.max_concurrency,
-            policy=policy, env={"VLLM_NO_USAGE_STATS": "1", **self.env}, gpus=self.gpus,
+            policy=policy, env={"VLLM_NO_USAGE_STATS": "1", **(DEV_MODE_ENV if self.sleep_when_idle else {}), **self.env},
+            gpus=self.gpus,
             gpu_memory_bytes=self.gpu_memory_mb * 1_000_000, queue_limit=self.queue_limit,
             cold_start_timeout=self.cold_start_timeout, setup_timeout=self.setup_timeout,
-            engine=ENGINE, command=self.command())
+            engine=ENGINE, command=self.command(), sleep_when_idle=self.sleep_when_idle)

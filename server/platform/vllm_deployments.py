@@ -123,7 +123,7 @@ def _non_negative(value: Any) -> bool:
 
 
 SPEC_FIELDS = {"model", "args", "extra_args", "python", "max_concurrency", "setup_timeout", "prefix_affinity",
-               "input_price", "output_price", "public"}
+               "input_price", "output_price", "public", "sleep_when_idle"}
 
 
 def check_spec(body: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -152,6 +152,7 @@ def check_spec(body: dict[str, Any], base: dict[str, Any] | None = None) -> dict
         "input_price": _spec_field(merged, "input_price", float, 0.0, _non_negative),
         "output_price": _spec_field(merged, "output_price", float, 0.0, _non_negative),
         "public": _spec_field(merged, "public", bool, True),
+        "sleep_when_idle": _spec_field(merged, "sleep_when_idle", bool, False),
     }
 
 
@@ -175,7 +176,7 @@ def body_of(config: VllmDeploymentConfig) -> dict[str, Any]:
             "queue_limit": config.queue_limit, "cold_start_timeout": config.cold_start_timeout,
             "setup_timeout": config.setup_timeout, "max_concurrency": config.max_concurrency,
             "prefix_affinity": config.prefix_affinity, "input_price": config.input_price,
-            "output_price": config.output_price, "hardware": hardware}
+            "output_price": config.output_price, "sleep_when_idle": config.sleep_when_idle, "hardware": hardware}
 
 
 def desired(d: Any, platform: PlatformConfig) -> DesiredDeployment:
@@ -191,7 +192,7 @@ def desired(d: Any, platform: PlatformConfig) -> DesiredDeployment:
         target_concurrency=d.target_concurrency, max_concurrency=spec["max_concurrency"],
         queue_limit=d.queue_limit, cold_start_timeout=d.cold_start_timeout, setup_timeout=spec["setup_timeout"],
         prefix_affinity=spec["prefix_affinity"], input_price=spec["input_price"], output_price=spec["output_price"],
-        gpus=int(hw.get("gpus", 0)),
+        sleep_when_idle=bool(spec.get("sleep_when_idle", False)), gpus=int(hw.get("gpus", 0)),
         gpu_memory_mb=int(hw.get("gpu_memory_mb", 0)))
     mounts = (spec["model"], *platform.vllm_mounts) if image else ()
     return dataclasses.replace(config.desired(), image=image, mounts=mounts, cpus=hw.get("cpus"),
