@@ -178,14 +178,16 @@ class Streams:
         buf = self.live.get(id)
         return buf if buf is not None and buf.tenant_id == tenant_id else None
 
-    async def follow(self, buf: Buffer, start: int = 0) -> AsyncIterator[bytes]:
-        """Events from index `start` as they arrive, until the stream ends."""
+    async def follow(self, buf: Buffer, start: int = 0) -> AsyncIterator[tuple[bytes, bool]]:
+        """(events, last) from index `start` as they arrive, until the stream ends; `last`: nothing
+        follows (the response can end with these bytes, in one write)."""
         i = start
         while True:
             n = len(buf.events)
             if i < n:
-                yield b"".join(buf.events[i:n]) if n - i > 1 else buf.events[i]
+                chunk = b"".join(buf.events[i:n]) if n - i > 1 else buf.events[i]
                 i = n
+                yield chunk, buf.done and i == len(buf.events)
                 continue
             if buf.done:
                 return
