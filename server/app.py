@@ -45,8 +45,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         app.include_router(module.router)
     for platform_module in (api_models, api_deployments, api_replicate):   # before openai's /v1/models/{model}
         app.include_router(platform_module.router)
-    for module in (openai.models_router, spend.router, admin.router):
-        app.include_router(module)
+    for router in (openai.models_router, spend.router, admin.router):
+        app.include_router(router)
     # ...and the client-format POSTs that take only the request once more, in front, as plain Starlette
     # routes: the same handlers and error handlers, without FastAPI's per-request dependency solving
     # and exit stacks (~10 % of the gateway's CPU per streamed request). FastAPI's copies are never
@@ -71,6 +71,6 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
 def plain_routes(*routers: APIRouter) -> list[Route]:
     """Starlette routes for the routers' endpoints whose only parameter is the request."""
-    return [Route(route.path, route.endpoint, methods=sorted(route.methods), name=route.name)
+    return [Route(route.path, route.endpoint, methods=sorted(route.methods or ()), name=route.name)
             for router in routers for route in router.routes
             if isinstance(route, APIRoute) and list(inspect.signature(route.endpoint).parameters) == ["request"]]
