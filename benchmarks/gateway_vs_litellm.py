@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import yaml
 
@@ -118,45 +119,80 @@ def start_litellm(python: str, fake_url: str, workdir: Path) -> tuple[subprocess
     return proc, url + "/v1"
 
 
-async def one(client: httpx.AsyncClient, base: str, key: str, model: str) -> tuple[float, float] | None:
-    """(total seconds, seconds to the first content token) of one streamed chat completion."""
-    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+# The load generator is a raw aiohttp client (its C HTTP parser, the body sent as ready bytes, the
+# stream read as it comes and parsed only until the first token), the same for every target: an SDK
+# or httpx would cost more CPU per request than the gateway does, on the same cores, and show up as
+# everybody's latency.
+def request_body(model: str) -> bytes:
+    return json.dumps({"model": model, "stream": True,
+                       "messages": [{"role": "user", "content": PROMPT}]}).encode()
+
+
+def first_token(buf: bytes) -> bool:
+    """Does this much of an OpenAI stream hold a chunk with content? (whole `data:` lines only)"""
+    for line in buf.split(b"\n"):
+        if line.startswith(b"data: {") and b'"content"' in line:
+            try:
+                choices = json.loads(line[6:]).get("choices") or [{}]
+            except ValueError:
+                continue           # a line cut by the read: the next read completes it
+            if (choices[0].get("delta") or {}).get("content"):
+                return True
+    return False
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict) -> tuple[float, float] | None:
+    """(total seconds, seconds to the first content token) of one streamed chat completion; None if it
+    failed or did not end with `data: [DONE]`."""
     start = time.perf_counter()
     ttft = None
-    async with client.stream("POST", f"{base}/chat/completions", json=body,
-                             headers={"authorization": f"Bearer {key}"}) as resp:
-        if resp.status_code != 200:
-            await resp.aread()
+    seen = b""                        # the stream until its first token (then only its last bytes)
+    async with session.post(url, data=body, headers=headers) as resp:
+        if resp.status != 200:
+            await resp.read()
             return None
-        async for line in resp.aiter_lines():
-            if ttft is None and line.startswith("data: {"):
-                choices = json.loads(line[6:]).get("choices") or [{}]
-                if (choices[0].get("delta") or {}).get("content"):
+        async for data in resp.content.iter_any():
+            seen += data
+            if ttft is None:
+                if first_token(seen):
                     ttft = time.perf_counter() - start
+                    seen = seen[-32:]
+            else:
+                seen = seen[-32:]
+    if not seen.rstrip().endswith(b"data: [DONE]"):
+        return None
     return time.perf_counter() - start, ttft if ttft is not None else float("nan")
+
+
+def session_for(concurrency: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, keepalive_timeout=60)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120),
+                                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+
+
+def target_args(base: str, key: str, model: str) -> tuple[str, bytes, dict]:
+    return (f"{base}/chat/completions", request_body(model),
+            {"authorization": f"Bearer {key}", "content-type": "application/json"})
 
 
 async def load(base: str, key: str, model: str, concurrency: int, requests: int, pid: int | None = None) -> dict:
     """The measured phase of one target at one level; `pid`: the process whose CPU time is charged
     to it (the fake for direct, the gateway for cogkit, the proxy for LiteLLM)."""
-    # Several small client pools: one big httpx pool costs the load generator itself time that
-    # grows with the square of its connections, which would show up as everybody's latency.
-    per_pool = 16
-    pools = [httpx.AsyncClient(limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                               timeout=120) for _ in range(-(-concurrency // per_pool))]
+    url, body, headers = target_args(base, key, model)
+    session = session_for(concurrency)
     try:
-        for client in pools:                         # warm the connections and the target's caches
-            await asyncio.gather(*(one(client, base, key, model) for _ in range(min(per_pool, concurrency))))
+        # Warm the connections and the target's caches.
+        await asyncio.gather(*(one(session, url, body, headers) for _ in range(concurrency)))
         results: list[tuple[float, float]] = []
         errors = 0
         todo = iter(range(requests))
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker() -> None:
             nonlocal errors
             for _ in todo:
                 try:
-                    r = await one(client, base, key, model)
-                except httpx.HTTPError:
+                    r = await one(session, url, body, headers)
+                except (aiohttp.ClientError, TimeoutError):
                     r = None
                 if r is None:
                     errors += 1
@@ -164,12 +200,11 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int,
                     results.append(r)
         cpu0 = cpu_s(pid) if pid else 0.0
         start = time.perf_counter()
-        await asyncio.gather(*(worker(pools[i // per_pool]) for i in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
         cpu = (cpu_s(pid) - cpu0) if pid else float("nan")
     finally:
-        for client in pools:
-            await client.aclose()
+        await session.close()
     lat = sorted(r[0] for r in results)
     ttft = sorted(r[1] for r in results)
     pick = (lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] * 1000) if results else (lambda xs, q: float("nan"))
@@ -182,13 +217,14 @@ async def soak(base: str, key: str, model: str, concurrency: int, seconds: float
     """`concurrency` streams back to back for `seconds`; the process's RSS (MiB) sampled along the way."""
     samples: list[tuple[float, float]] = []
     stop = time.monotonic() + seconds
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=120)
+    url, body, headers = target_args(base, key, model)
+    session = session_for(concurrency)
 
     async def worker() -> None:
         while time.monotonic() < stop:
             try:
-                await one(client, base, key, model)
-            except httpx.HTTPError:
+                await one(session, url, body, headers)
+            except (aiohttp.ClientError, TimeoutError):
                 pass
 
     async def sampler() -> None:
@@ -200,7 +236,7 @@ async def soak(base: str, key: str, model: str, concurrency: int, seconds: float
     try:
         await asyncio.gather(sampler(), *(worker() for _ in range(concurrency)))
     finally:
-        await client.aclose()
+        await session.close()
     return samples
 
 

@@ -32,23 +32,35 @@ class Metrics:
         self.streams_active = Gauge("cogkit_gateway_streams_active", "Upstream streams being read", registry=r)
         self.cache_hits = Counter("cogkit_gateway_cache_hits", "Responses served from the response cache",
                                   registry=r)
+        self._series: dict[tuple[str, str, str, str], tuple] = {}   # observe_call's, by (endpoint, model, provider, status)
 
     def observe_call(self, call) -> None:
         """Everything about one finished request (a server.router.Call)."""
         provider = call.target.provider if call.target else "none"
-        self.requests.labels(call.endpoint, call.model, provider, call.status).inc()
-        self.latency.labels(call.model, provider).observe(call.latency_s())
+        key = (call.endpoint, call.model, provider, call.status)
+        series = self._series.get(key)
+        if series is None:
+            # The labelled series of this kind of request, looked up once: prometheus_client's labels()
+            # validates and locks on every call, seven times per request.
+            series = self._series[key] = (
+                self.requests.labels(call.endpoint, call.model, provider, call.status),
+                self.latency.labels(call.model, provider), self.overhead.labels(call.endpoint),
+                self.ttft.labels(call.model, provider), self.tokens.labels(call.model, provider, "input"),
+                self.tokens.labels(call.model, provider, "output"), self.cost.labels(call.model, provider))
+        requests, latency, overhead, ttft, tokens_in, tokens_out, cost_usd = series
+        requests.inc()
+        latency.observe(call.latency_s())
         if call.overhead is not None:
-            self.overhead.labels(call.endpoint).observe(call.overhead / 1000)
+            overhead.observe(call.overhead / 1000)
         if call.ttft_s is not None:
-            self.ttft.labels(call.model, provider).observe(call.ttft_s)
+            ttft.observe(call.ttft_s)
         if call.input_tokens:
-            self.tokens.labels(call.model, provider, "input").inc(call.input_tokens)
+            tokens_in.inc(call.input_tokens)
         if call.output_tokens:
-            self.tokens.labels(call.model, provider, "output").inc(call.output_tokens)
+            tokens_out.inc(call.output_tokens)
         cost = call.cost()
         if cost:
-            self.cost.labels(call.model, provider).inc(cost)
+            cost_usd.inc(cost)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

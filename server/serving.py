@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from server.admission import Admission
 from server.api.deps import api_error, error_body, error_response
@@ -134,8 +135,33 @@ class Serving:
         call.stream_id = buf.id
         if call.reservation is not None and call.reservation.micros:
             await self.streams.persist(buf)    # credit is held: settleable after a crash from the first byte
-        return StreamingResponse(self.streams.follow(buf), media_type="text/event-stream",
-                                 headers={**self.headers(call), "cache-control": "no-cache"})
+        return EventStream(self.streams.follow(buf), headers={**self.headers(call), "cache-control": "no-cache"})
+
+
+class EventStream(Response):
+    """A live stream's SSE response: the buffer's events (Streams.follow), written as they come. Unlike
+    Starlette's StreamingResponse it starts no task group with a second task listening for the client's
+    disconnect (measured: anyio's task group and cancel scopes were ~5 % of the gateway's CPU under
+    streaming load). Nothing needs that watcher here: the pump reads the upstream to its end whether
+    or not the client stays (server/streams.py), a write to a closed connection is dropped by the
+    server, and a follower whose client left ends with its stream, which the stream's timeouts bound.
+    The last events go out with the end of the body, in one write rather than two."""
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[tuple[bytes, bool]], headers: dict[str, str]) -> None:
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        ended = False
+        async for chunk, last in self.events:     # (to its end: a generator left open is closed by a task)
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            ended = last
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def caller_metadata(request: Request, body: dict) -> dict:

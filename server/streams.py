@@ -50,7 +50,9 @@ class Buffer:
         self.tag: Callable[[str | None, Any, str], Any] | None = None   # the relay's: marks the first event
         self.data_only = False          # `data:` lines only: no id, no comment (the relay's choice)
         self.meta: dict[str, Any] = {}  # stored with the row: what settling it after a crash needs (recovery.py)
-        self._changed = asyncio.get_running_loop().create_future()
+        # Made when a follower waits, resolved by the next change: no future per event (the pump appends
+        # many events per upstream read, and a follower wakes once for all of them).
+        self._changed: asyncio.Future[None] | None = None
 
     def append(self, event: str | None, data: Any) -> None:
         index = len(self.events)
@@ -65,12 +67,15 @@ class Buffer:
         self._wake()
 
     def _wake(self) -> None:
-        if not self._changed.done():
-            self._changed.set_result(None)
-            self._changed = asyncio.get_running_loop().create_future()
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
 
     async def wait(self) -> None:
-        await asyncio.shield(self._changed)
+        """Until the next event or the end (the caller checked for both first: nothing runs in between)."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._changed)   # shielded: one follower leaving must not cancel the others' wait
 
 
 class Streams:
@@ -173,14 +178,16 @@ class Streams:
         buf = self.live.get(id)
         return buf if buf is not None and buf.tenant_id == tenant_id else None
 
-    async def follow(self, buf: Buffer, start: int = 0) -> AsyncIterator[bytes]:
-        """Events from index `start` as they arrive, until the stream ends."""
+    async def follow(self, buf: Buffer, start: int = 0) -> AsyncIterator[tuple[bytes, bool]]:
+        """(events, last) from index `start` as they arrive, until the stream ends; `last`: nothing
+        follows (the response can end with these bytes, in one write)."""
         i = start
         while True:
             n = len(buf.events)
             if i < n:
-                yield b"".join(buf.events[i:n]) if n - i > 1 else buf.events[i]
+                chunk = b"".join(buf.events[i:n]) if n - i > 1 else buf.events[i]
                 i = n
+                yield chunk, buf.done and i == len(buf.events)
                 continue
             if buf.done:
                 return

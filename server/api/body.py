@@ -4,7 +4,6 @@ body cannot turn into a 500 (nesting, lone surrogates), validation against a wir
 caller's format; the limits are `limits:` in the gateway config."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Request
@@ -13,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.deps import api_error, error_response
 from server.config import LimitsConfig
+from server.jsonio import loads
 
 DRAIN_CAP = 256 * 1024 * 1024      # bytes of an over-long body read and dropped, so the client gets the 413
 
@@ -109,7 +109,9 @@ async def read_body(request: Request, wire: type[BaseModel] | None = None) -> di
 def parse_json(request: Request, raw: bytes) -> Any:
     limits = limits_of(request.app)
     try:
-        value = json.loads(raw or b"null")
+        # orjson first (server/jsonio.py: ~5x faster on every request body), the standard library for
+        # what orjson refuses, so its answers (and the errors below) are the standard library's.
+        value = loads(raw or b"null")
     except RecursionError:
         raise api_error(request, 400, f"The request body is nested more than {limits.max_json_depth} levels deep "
                                       "(limits.max_json_depth).") from None

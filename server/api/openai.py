@@ -10,7 +10,8 @@ from server.api.deps import error_response
 from server.relays import OpenAIRelay
 from server.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
-router = APIRouter()
+router = APIRouter()          # the POSTs: mounted first (server/app.py)
+models_router = APIRouter()   # GET /v1/models...: mounted after the platform's own /v1/models/{ns}/{name} routes
 
 
 async def _openai_call(request: Request, endpoint: str, wire: type) -> Response:
@@ -48,14 +49,14 @@ async def embeddings(request: Request) -> Response:
     return await _openai_call(request, "embeddings", EmbeddingRequest)
 
 
-@router.get("/v1/models")
+@models_router.get("/v1/models")
 async def models(request: Request) -> dict:
     gw = request.app.state.gateway
     await gw.authenticate(request)
     return {"object": "list", "data": gw.catalog.listing()}
 
 
-@router.get("/v1/models/{model:path}")
+@models_router.get("/v1/models/{model:path}")
 async def model(request: Request, model: str) -> dict:
     gw = request.app.state.gateway
     await gw.authenticate(request)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from server.api.deps import api_error
+from server.serving import EventStream
 
 router = APIRouter()
 
@@ -32,14 +33,14 @@ async def resume(request: Request, stream_id: str) -> Response:
         raise api_error(request, 404, f"no stream {stream_id!r}", code="stream_not_found")
     where, obj = found
     gw.metrics.stream_resumes.labels(source="memory" if where == "local" else "store").inc()
+    headers = {"x-cogkit-stream-id": stream_id, "cache-control": "no-cache"}
     if where == "local":
-        body = gw.streams.follow(obj, start)
-    else:
-        # Waits long enough for a dead owner's stream to be settled (server/recovery.py) rather than cut.
-        wait = max(gw.config.timeouts.idle * 2, gw.config.streams.lease * 2)
-        body = gw.streams.follow_store(stream_id, start, wait)
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"x-cogkit-stream-id": stream_id, "cache-control": "no-cache"})
+        return EventStream(gw.streams.follow(obj, start), headers)
+    # Waits long enough for a dead owner's stream to be settled (server/recovery.py) rather than cut.
+    # (Starlette's response, with its disconnect watcher: this one polls the store until then.)
+    wait = max(gw.config.timeouts.idle * 2, gw.config.streams.lease * 2)
+    return StreamingResponse(gw.streams.follow_store(stream_id, start, wait), media_type="text/event-stream",
+                             headers=headers)
 
 
 @router.get("/v1/streams/{stream_id}/status")

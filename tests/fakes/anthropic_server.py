@@ -10,7 +10,6 @@ cache_read_input_tokens after, so cache accounting can be tested end to end.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
@@ -27,6 +26,7 @@ from tests.fakes.faults import (
     DropConnection,
     FakeState,
     admin_routes,
+    begin_reply,
     plan_reply,
     record,
     split_json,
@@ -193,11 +193,9 @@ def create_app(state: FakeState) -> Starlette:
         if bad := _check(state, request, body):
             return bad
         inp, created, read = count_prompt(body)
-        fault = state.take_fault()
-        if bad := fault_response(fault, inp + created + read, state.context_window):
+        fault, bad = await begin_reply(state, lambda f: fault_response(f, inp + created + read, state.context_window))
+        if bad:
             return bad
-        if fault and fault.mode == "slow_first_token":
-            await asyncio.sleep(fault.delay)
         last = _blocks(body["messages"][-1].get("content"))
         results = [_block_text(b) for b in last if b.get("type") == "tool_result"]
         user_text = " ".join(b.get("text", "") for b in last if b.get("type") == "text")

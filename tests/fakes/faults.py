@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -120,6 +121,18 @@ class FakeState:
 
     def key_ok(self, key: str | None) -> bool:
         return bool(key) and (self.api_key is None or key == self.api_key)
+
+
+async def begin_reply(state: FakeState, refusal: Callable[[Fault | None], Response | None]
+                      ) -> tuple[Fault | None, Response | None]:
+    """The prelude every fake's answering endpoint shares, once its own checks passed: take this request's
+    fault; `refusal(fault)` is the error response it (or an over-long prompt) turns into, if any; else a
+    slow_first_token fault is waited out here. Returns (fault, refusal or None)."""
+    fault = state.take_fault()
+    refused = refusal(fault)
+    if refused is None and fault is not None and fault.mode == "slow_first_token":
+        await asyncio.sleep(fault.delay)
+    return fault, refused
 
 
 async def record(state: FakeState, request: Request) -> dict | None:

@@ -9,7 +9,6 @@ function responses answer the preceding function-call turn, and answers errors w
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import uuid
@@ -23,6 +22,7 @@ from tests.fakes.faults import (
     DropConnection,
     FakeState,
     admin_routes,
+    begin_reply,
     plan_reply,
     record,
     stream_guard,
@@ -157,11 +157,9 @@ def create_app(state: FakeState) -> Starlette:
         prompt_tokens = sum(tokens(_part_text(p)) for c in [system] + body["contents"] for p in c.get("parts", []))
         if action == "countTokens":
             return JSONResponse({"totalTokens": prompt_tokens})
-        fault = state.take_fault()
-        if bad := fault_response(fault, prompt_tokens, state.context_window):
+        fault, bad = await begin_reply(state, lambda f: fault_response(f, prompt_tokens, state.context_window))
+        if bad:
             return bad
-        if fault and fault.mode == "slow_first_token":
-            await asyncio.sleep(fault.delay)
         last = body["contents"][-1].get("parts", [])
         results = [_part_text(p) for p in last if _get(p, "functionResponse")]
         user_text = " ".join(p["text"] for p in last if "text" in p)

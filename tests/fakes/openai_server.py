@@ -7,7 +7,6 @@ in benchmarks: no sleeps unless a fault or `token_delay` asks for one.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -25,6 +24,7 @@ from tests.fakes.faults import (
     DropConnection,
     FakeState,
     admin_routes,
+    begin_reply,
     plan_reply,
     record,
     split_json,
@@ -194,11 +194,9 @@ def create_app(state: FakeState) -> Starlette:
             return bad
         msgs, model = body["messages"], body["model"]
         prompt_tokens = sum(tokens(_text(m.get("content"))) for m in msgs)
-        fault = state.take_fault()
-        if bad := fault_response(fault, model, prompt_tokens, state.context_window):
+        fault, bad = await begin_reply(state, lambda f: fault_response(f, model, prompt_tokens, state.context_window))
+        if bad:
             return bad
-        if fault and fault.mode == "slow_first_token":
-            await asyncio.sleep(fault.delay)
         last = msgs[-1]
         user = next((m for m in reversed(msgs) if m.get("role") == "user"), {})
         tool_names = [t["function"]["name"] for t in body.get("tools") or [] if t.get("function")]
@@ -283,11 +281,10 @@ def create_app(state: FakeState) -> Starlette:
         prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
         prompts = [p if isinstance(p, str) else " ".join(map(str, p)) for p in prompts]
         prompt_tokens = sum(tokens(p) for p in prompts)
-        fault = state.take_fault()
-        if bad := fault_response(fault, body["model"], prompt_tokens, state.context_window):
+        _fault, bad = await begin_reply(
+            state, lambda f: fault_response(f, body["model"], prompt_tokens, state.context_window))
+        if bad:
             return bad
-        if fault and fault.mode == "slow_first_token":
-            await asyncio.sleep(fault.delay)
         stop = body.get("stop")
         plans = [plan_reply(p, [], None, body.get("max_tokens", 16), [stop] if isinstance(stop, str) else stop)
                  for p in prompts]
