@@ -111,8 +111,18 @@ def load_plugins(target: typer.Typer) -> None:
                  f"{type(e).__name__}: {e}")
 
 
+def _own_command(argv: list[str]) -> bool:
+    """Whether argv names one of cogkit's own commands: then the plugins (the gateway's and
+    scheduler's, ~0.25 s of imports) are not loaded, since every `cog` line of a model author
+    pays that start-up time. Help and unknown names still see every command."""
+    names = {c.name or (c.callback.__name__.replace("_", "-") if c.callback else "") for c in app.registered_commands}
+    names |= {g.name for g in app.registered_groups if g.name}
+    return len(argv) > 1 and argv[1] in names
+
+
 def main() -> None:
-    load_plugins(app)
+    if not _own_command(sys.argv):
+        load_plugins(app)
     # Cog's `--use-cog-base-image` is a flag that may also take =true/=false.
     sys.argv = [("--use-cog-base-image=true" if arg == "--use-cog-base-image" else arg) for arg in sys.argv]
     app()
