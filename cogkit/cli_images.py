@@ -95,13 +95,11 @@ def build(
     if check:
         note("cog.yaml and the schema check out (nothing built: --check)")
         return
-    if any(config.build.run_mounts):
-        fail("build.run mounts secrets (RUN --mount=type=secret), which need BuildKit; this Docker engine "
-             "offers only the classic builder, so the image cannot be built here")
     client = connect_engine()
     with errors():
         result = builder.build(config.project_dir, tag, separate_weights=separate_weights, no_cache=no_cache,
-                               client=client, progress=builder.stderr_progress, openapi=openapi)
+                               client=client, progress=builder.stderr_progress, openapi=openapi,
+                               secrets=checks.secret_values(parsed_secrets, Path.cwd()))
     note(f"Image built as {result.image}")
 
 

@@ -187,10 +187,22 @@ def _gpu_python(version: str) -> str:
             " && apt-get clean && rm -rf /var/lib/apt/lists/*")
 
 
+def secret_steps(config: Config) -> list[int]:
+    """The build.run steps that mount secrets."""
+    return [i for i, mounts in enumerate(config.build.run_mounts) if mounts]
+
+
+def shell_argv(command: str) -> list[str]:
+    """How a build.run command runs, as _run_step has the shell run it: one line with `sh -c`,
+    a multi-line script with `sh -e` (each line a command, stopping at the first failure)."""
+    return ["sh", "-e", "-c", command] if len(command.strip().splitlines()) > 1 else ["sh", "-c", command.strip()]
+
+
 def _run_step(command: str, mounts: list[dict] | None = None) -> str:
     """A build.run command; a multi-line script (YAML `|`) is fed to sh line by line, since a
     Dockerfile line cannot hold newlines and joining them would change what the shell runs.
-    Secret mounts become BuildKit's RUN --mount=type=secret (cog.yaml's `mounts`)."""
+    Secret mounts are written as BuildKit's RUN --mount=type=secret (for --debug only: the
+    builder runs those steps itself)."""
     prefix = "RUN " + "".join(f"--mount=type=secret,id={m['id']},target={m['target']} " for m in mounts or [])
     lines = command.strip().splitlines()
     if len(lines) <= 1:
@@ -209,8 +221,15 @@ def _site_packages(venv: str) -> str:
 
 
 def generate(config: Config, openapi: dict | None = None, *, has_requirements: bool | None = None,
-             has_weights: bool = False, prefix: str | None = None, version: str = __version__) -> str:
-    """The Dockerfile text. `has_requirements` defaults to whether cog.yaml lists any."""
+             has_weights: bool = False, prefix: str | None = None, version: str = __version__,
+             resume: tuple[str, int] | None = None, stop_before: int | None = None) -> str:
+    """The Dockerfile text. `has_requirements` defaults to whether cog.yaml lists any.
+
+    For build.run steps with secret mounts (run by the builder in a container, since the
+    classic builder has no RUN --mount; see secret_steps.py): `stop_before=k` ends the final
+    stage just before run step k, and `resume=(image, k)` starts it FROM that image (the
+    committed result of step k-1) at run step k. Without either, a secret step is written
+    in BuildKit's notation, as `--debug` shows it."""
     b = config.build
     py = f"python{b.python_version}"
     if has_requirements is None:
@@ -254,9 +273,14 @@ def generate(config: Config, openapi: dict | None = None, *, has_requirements: b
             *([f"COPY {L.local_requirements}/ {PIP_DIR}/local/"] if local_files else []),
             "RUN " + " \\\n && ".join(deps)]
 
-    out += ["", "FROM system",
-            f"COPY --from=deps {MODEL_VENV} {MODEL_VENV}"]
-    out += [_run_step(cmd, mounts) for cmd, mounts in zip(b.run, b.run_mounts or [[]] * len(b.run))]
+    if resume is None:
+        out += ["", "FROM system", f"COPY --from=deps {MODEL_VENV} {MODEL_VENV}"]
+    else:
+        out += ["", f"FROM {resume[0]}"]
+    steps = list(zip(b.run, b.run_mounts or [[]] * len(b.run)))
+    out += [_run_step(cmd, mounts) for cmd, mounts in steps[resume[1] if resume else 0:stop_before]]
+    if stop_before is not None:
+        return "\n".join(out) + "\n"
     out += [f"COPY --from=runtime {RUNTIME_VENV} {RUNTIME_VENV}",
             f"COPY {L.sdk}/ {SDK_DIR}/"]
     if has_weights:

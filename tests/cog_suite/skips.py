@@ -63,9 +63,6 @@ def skip_reason(name: str, text: str, mode: str) -> str | None:
         return "checks what `cog build` says about the image it built: runs in image mode only"
     builds = re.findall(r"^\s*(!\s+)?cog build", script, re.MULTILINE)
     only_failing_builds = bool(builds) and all(builds)  # the build is refused before any base image
-    if mode == "image" and name == "secrets":
-        return ("builds with secret mounts (RUN --mount=type=secret), which need BuildKit; this engine has only "
-                "the classic builder and no buildx")
     if mode == "image" and _GPU.search(text) and not only_failing_builds:
         return "gpu: true builds on a CUDA base image (nvidia/cuda), which this offline engine does not have"
     return None
