@@ -81,8 +81,9 @@ def cog_argv(script: Script, line: Line, args: list[str]) -> list[str]:
         elif sub in RUNS_A_PROJECT and len(args) > 1 and args[1] == image:
             args = [sub, *args[2:]]
     elif sub in RUNS_A_PROJECT and not _positional_image(args, image):
+        # As Cog's, from source: build, then run the image with the project mounted at /src.
         _build_quietly(script, line)
-        args = [sub, image, *args[1:]]
+        args = [sub, image, "--mount-src", *args[1:]]
     elif sub == "exec":  # Cog's exec builds the project's environment image first
         args = ["exec", "--build", "-t", image, *args[1:]]
     return [*COGKIT, *args]

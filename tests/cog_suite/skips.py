@@ -44,8 +44,6 @@ _IMAGE_ONLY = re.compile(r"^\s*(!\s+)?(exec docker |exec python3 \S*check|docker
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("oci_bundle_push", "image"): ("`cog push` of a model with managed weights pushes one OCI index holding the image and "
                                    "its weights; cogkit pushes the image only (not done yet)"),
-    ("train_basic", "image"): ("Cog mounts the project at /src when it trains in an image built from source; "
-                               "`cogkit train IMAGE` does not (not done yet)"),
 }
 
 
