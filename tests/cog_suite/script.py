@@ -272,7 +272,9 @@ class Script:
             out = subprocess.run(check=False, args=["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
                                   "--filter", f"reference={image}*"], capture_output=True, text=True)
             for ref in out.stdout.split():
-                subprocess.run(check=False, args=["docker", "rmi", "-f", ref], capture_output=True)
+                # --no-prune: the untagged parents are layer cache that a build of another script,
+                # running beside this one, may be about to use ("unknown parent image ID" otherwise).
+                subprocess.run(check=False, args=["docker", "rmi", "--no-prune", "-f", ref], capture_output=True)
 
     def expand_again(self, words: list[str]) -> list[str]:
         """The harness runs os.Expand over cog/curl arguments once more (single quotes included)."""
