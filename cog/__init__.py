@@ -3,31 +3,14 @@ names of Cog 0.23's `cog`, with its deprecation messages for the old ones."""
 import sys as _sys
 from typing import Any as _Any
 
+from cogkit import sdk as _sdk
+from cogkit.sdk import *  # noqa: F403 - every public name of cogkit's SDK is one of Cog's
 from cogkit.sdk import COG_VERSION as __version__
-from cogkit.sdk import (
-    AsyncConcatenateIterator,
-    AsyncIterator,
-    BaseModel,
-    BasePredictor,
-    BaseRunner,
-    CancelationException,
-    CancellationException,
-    ConcatenateIterator,
-    FieldInfo,
-    File,
-    Input,
-    Iterator,
-    Opaque,
-    Path,
-    Scope,
-    Secret,
-    URLFile,
-    URLPath,
-    concurrent,
-    current_scope,
-    streaming,
-)
 from cogkit.sdk.scope import emit_metric as _emit_metric
+
+# Served through __getattr__ below, with Cog's deprecation message.
+_DEPRECATED = ("ExperimentalFeatureWarning", "emit_metric")
+del emit_metric  # noqa: F821 - the star import's; `cog.emit_metric` must go through __getattr__
 
 
 class _ExperimentalFeatureWarning(FutureWarning):
@@ -36,13 +19,13 @@ class _ExperimentalFeatureWarning(FutureWarning):
 
 def __getattr__(name: str) -> _Any:
     # As Cog: the message goes straight to stderr (no warnings filter can hide it), once.
-    if name == "ExperimentalFeatureWarning":
+    if name == _DEPRECATED[0]:
         print("cog: ExperimentalFeatureWarning is deprecated and will be removed in a future release. "
               "Remove `ExperimentalFeatureWarning` from your imports and any associated "
               "`warnings.filterwarnings(...)` calls.", file=_sys.stderr)
         globals()[name] = _ExperimentalFeatureWarning
         return _ExperimentalFeatureWarning
-    if name == "emit_metric":
+    if name == _DEPRECATED[1]:
         print("cog: emit_metric() is deprecated and will be removed in a future release. "
               "Use current_scope().record_metric(name, value) instead.", file=_sys.stderr)
         globals()[name] = _emit_metric
@@ -50,10 +33,4 @@ def __getattr__(name: str) -> _Any:
     raise AttributeError(f"module 'cog' has no attribute {name!r}")
 
 
-__all__ = [
-    "__version__", "BaseRunner", "BasePredictor", "BaseModel", "Opaque", "Input", "FieldInfo", "Path", "Secret",
-    "File", "URLFile", "URLPath", "ConcatenateIterator", "AsyncConcatenateIterator", "CancelationException",
-    "current_scope", "streaming", "concurrent", "ExperimentalFeatureWarning", "emit_metric",
-    # also here, from older Cog releases
-    "AsyncIterator", "CancellationException", "Iterator", "Scope",
-]
+__all__ = ["__version__", *(name for name in _sdk.__all__ if name not in _DEPRECATED), *_DEPRECATED]

@@ -1,16 +1,3 @@
-"""`cog.types`, as older projects import it."""
-from cogkit.sdk.types import (  # noqa: F401
-    AsyncConcatenateIterator,
-    BaseModel,
-    CancelationException,
-    ConcatenateIterator,
-    FieldInfo,
-    File,
-    Input,
-    Opaque,
-    Path,
-    Secret,
-    URLFile,
-    URLPath,
-    Weights,
-)
+"""`cog.types`, as older projects import it: the names of cogkit.sdk.types."""
+from cogkit.sdk.types import *  # noqa: F403
+from cogkit.sdk.types import __all__  # noqa: F401

@@ -21,7 +21,7 @@ IMAGE_ARG = typer.Argument(None, metavar="[IMAGE]", help="Run in this model imag
 
 def _predict_command(mode: str, image: str | None, inputs: list[str], json_input: str | None,
                      output: Path | None, project: Path, env: list[str], image_option: str | None,
-                     use_image: bool) -> None:
+                     use_image: bool, mount_src: bool) -> None:
     if image and image_option:
         fail("give the image once: as an argument or with --image")
     chosen = image or image_option
@@ -29,7 +29,9 @@ def _predict_command(mode: str, image: str | None, inputs: list[str], json_input
         if chosen:
             fail("give either an image or --use-image, not both")
         chosen = cli_images.default_image(project)
-    cli_predict.run(cli_predict.Request(mode, chosen, inputs, json_input, output, project, env))
+    if mount_src and not chosen:
+        fail("--mount-src goes with an image (IMAGE, --image or --use-image)")
+    cli_predict.run(cli_predict.Request(mode, chosen, inputs, json_input, output, project, env, mount_src))
 
 
 def _options(mode: str, warn_deprecated: bool = False):  # type: ignore[no-untyped-def]
@@ -42,12 +44,15 @@ def _options(mode: str, warn_deprecated: bool = False):  # type: ignore[no-untyp
         project: Path = PROJECT,
         image_option: str | None = typer.Option(None, "--image", help="Same as the IMAGE argument"),
         use_image: bool = typer.Option(False, "--use-image", help="Run in the image `cogkit build` made here"),
+        mount_src: bool = typer.Option(False, "--mount-src", help=(
+            "With an image: mount the project at /src over the image's copy, as `cog predict` does when it "
+            "builds from source, so files the model writes there land in the project (it runs as your user)")),
     ) -> None:
         if warn_deprecated and mode == "predict":
             warn('"cog predict" is deprecated, use "cog run" (cogkit run)')
         elif warn_deprecated:  # Cog's wording (cobra's deprecation line); cogkit keeps the command working
             warn('Command "train" is deprecated, the train command will be removed in a future version of Cog')
-        _predict_command(mode, image, inputs, json_input, output, project, env, image_option, use_image)
+        _predict_command(mode, image, inputs, json_input, output, project, env, image_option, use_image, mount_src)
     return command
 
 
@@ -111,8 +116,18 @@ def load_plugins(target: typer.Typer) -> None:
                  f"{type(e).__name__}: {e}")
 
 
+def _own_command(argv: list[str]) -> bool:
+    """Whether argv names one of cogkit's own commands: then the plugins (the gateway's and
+    scheduler's, ~0.25 s of imports) are not loaded, since every `cog` line of a model author
+    pays that start-up time. Help and unknown names still see every command."""
+    names = {c.name or (c.callback.__name__.replace("_", "-") if c.callback else "") for c in app.registered_commands}
+    names |= {g.name for g in app.registered_groups if g.name}
+    return len(argv) > 1 and argv[1] in names
+
+
 def main() -> None:
-    load_plugins(app)
+    if not _own_command(sys.argv):
+        load_plugins(app)
     # Cog's `--use-cog-base-image` is a flag that may also take =true/=false.
     sys.argv = [("--use-cog-base-image=true" if arg == "--use-cog-base-image" else arg) for arg in sys.argv]
     app()

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from cogkit.cli_common import fail, note, project_config
+from cogkit.cli_common import fail, find_project, note, project_config
 
 PLATFORM_ENV = "COGKIT_PLATFORM_URL"
 TOKEN_ENV = "COGKIT_PLATFORM_TOKEN"
@@ -95,13 +95,11 @@ def build(
     if check:
         note("cog.yaml and the schema check out (nothing built: --check)")
         return
-    if any(config.build.run_mounts):
-        fail("build.run mounts secrets (RUN --mount=type=secret), which need BuildKit; this Docker engine "
-             "offers only the classic builder, so the image cannot be built here")
     client = connect_engine()
     with errors():
         result = builder.build(config.project_dir, tag, separate_weights=separate_weights, no_cache=no_cache,
-                               client=client, progress=builder.stderr_progress, openapi=openapi)
+                               client=client, progress=builder.stderr_progress, openapi=openapi,
+                               secrets=checks.secret_values(parsed_secrets, Path.cwd()))
     note(f"Image built as {result.image}")
 
 
@@ -152,9 +150,11 @@ def image_openapi(image: str, mode: str) -> dict[str, Any]:
     return openapi
 
 
-def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[str, str]) -> dict[str, Any]:
+def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[str, str],
+                     source: Path | None = None) -> dict[str, Any]:
     """Start the image, send one request, stop it; setup and prediction logs go to stderr.
-    Ctrl-C (or SIGTERM) at any moment stops it too: no container is left, exit code 130."""
+    Ctrl-C (or SIGTERM) at any moment stops it too: no container is left, exit code 130.
+    With `source`, the project found from there is mounted at /src."""
     from cogkit.build import container
 
     _stop_signals_interrupt()
@@ -162,7 +162,8 @@ def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[st
         client = connect_engine()
         note(f"Starting Docker image {image} and running setup()...")
         with _one_container(client) as name, errors(), project_weights() as volumes:
-            model = container.start(image, env=env, client=client, name=name, volumes=volumes)
+            src = str(find_project(source).resolve()) if source is not None else None
+            model = container.start(image, env=env, client=client, name=name, volumes=volumes, source=src)
             setup_logs = (model.health.get("setup") or {}).get("logs") or ""
             if setup_logs.strip():
                 sys.stderr.write(setup_logs)
@@ -178,7 +179,6 @@ def predict_in_image(image: str, values: dict[str, Any], mode: str, env: dict[st
 def project_weights() -> Iterator[dict[str, str]]:
     """Run from a project whose cog.yaml declares weights: they are mounted at their targets."""
     from cogkit import weights
-    from cogkit.cli_common import find_project
     from cogkit.config import ConfigError, load_config
 
     directory = find_project(Path("."))

@@ -38,6 +38,7 @@ class Request:
     output: Path | None
     project: Path
     env: list[str]
+    mount_src: bool = False  # with an image: the project mounted at /src (see cli.py's --mount-src)
 
 
 def _input_props(openapi: dict[str, Any], mode: str) -> tuple[dict[str, Any], list[str]]:
@@ -192,7 +193,8 @@ def run(request: Request) -> None:
     if request.image:
         from cogkit import cli_images
         # The server fills in defaults itself (and, as Cog's, refuses an explicit null for them).
-        prediction = cli_images.predict_in_image(request.image, raw, request.mode, _env_pairs(request.env))
+        prediction = cli_images.predict_in_image(request.image, raw, request.mode, _env_pairs(request.env),
+                                                 source=request.project if request.mount_src else None)
     else:
         prediction = _predict_locally(request, values)
     show(prediction, openapi, request)

@@ -63,9 +63,12 @@ def test_layers_go_from_least_to_most_often_changed(tmp_path: Path) -> None:
     text = dockerfile_for(tmp_path, 'build:\n  python_version: "3.11"\n  system_packages: [ffmpeg]\n'
                                     '  python_packages: ["six==1.16.0"]\n  run: ["echo custom-step"]\n'
                                     'predict: "predict.py:Predictor"\n', has_weights=True)
-    order = ["FROM mirror.local/python:3.11-slim AS base", "apt-get install", "ffmpeg",
-             "FROM base AS pip", "COPY .cogkit/requirements.txt", "pip install --progress-bar off -r",
-             "FROM pip AS runtime", "FROM base\n", "COPY --from=deps /opt/model /opt/model", "RUN echo custom-step",
+    # The runtime venv is built on the bare OS stage, before the project's system packages, so
+    # that one cached layer serves every project on the same base and Python.
+    order = ["FROM mirror.local/python:3.11-slim AS base", "FROM base AS runtime", "/opt/cogkit/venv/bin/pip install",
+             "FROM base AS system", "apt-get install", "ffmpeg",
+             "FROM system AS pip", "COPY .cogkit/requirements.txt", "pip install --progress-bar off -r",
+             "FROM system\n", "COPY --from=deps /opt/model /opt/model", "RUN echo custom-step",
              "COPY --from=runtime /opt/cogkit/venv", "COPY .cogkit/sdk/ /opt/cogkit/sdk/",
              "COPY --chown=1000:1000 .cogkit/weights/ /src/", "COPY --chown=1000:1000 src/ /src/",
              "USER 1000:1000", "LABEL run.cog.config=", "CMD "]
@@ -88,7 +91,7 @@ def test_labels_are_escaped_json(tmp_path: Path) -> None:
 
 def test_no_pip_secrets_or_caches_in_the_final_stage(tmp_path: Path) -> None:
     text = dockerfile_for(tmp_path, COG_YAML)
-    final = text[text.index("FROM base\n"):]
+    final = text[text.index("FROM system\n"):]
     assert ".cogkit/pip" not in final and "/tmp/cogkit-pip" not in final and "ARG" not in text
     assert "PIP_NO_CACHE_DIR=1" in text
 

@@ -26,6 +26,7 @@ from docker.utils import kwargs_from_env
 
 import cogkit
 from cogkit.build import dockerfile as df
+from cogkit.build import secret_steps
 from cogkit.config import Config, load_config
 
 Progress = Callable[[str], None]
@@ -293,11 +294,37 @@ def _read_file(client: docker.APIClient, image: str, path: str) -> str:
         client.remove_container(container["Id"], force=True)
 
 
+def _build_steps(client: docker.APIClient, config: Config, openapi: dict | None, files: df.ProjectFiles,
+                 prefix: str | None, no_cache: bool, progress: Progress, secrets: dict[str, bytes]) -> str:
+    """The generated Dockerfile, built in pieces around the build.run steps that mount secrets
+    (each run by secret_steps in a container, committed, and built FROM); the image's id."""
+    settings, ca = host_pip_settings()
+    resume: tuple[str, int] | None = None
+    for stop in [*df.secret_steps(config), None]:
+        text = df.generate(config, openapi, has_weights=bool(files.weights), prefix=prefix, resume=resume,
+                           stop_before=stop)
+        with write_context(config, text, files, settings, ca) as context:
+            image_id = _run_build(client, context, None, progress, no_cache=no_cache)
+        if stop is None:
+            return image_id
+        step = f"build.run[{stop}] (with secret mounts; run by cogkit, not by the builder)"
+        progress(f"Step {step}: {config.build.run[stop]}")
+        try:
+            image_id = secret_steps.run(client, image_id, config.build.run[stop], config.build.run_mounts[stop],
+                                        secrets, progress, step)
+        except secret_steps.SecretStepFailed as e:
+            raise StepFailed(str(e), step, e.tail) from None
+        resume = (image_id, stop + 1)
+    raise AssertionError("unreachable: the last piece has no stop")
+
+
 def build(project_dir: str | os.PathLike = ".", tag: str | None = None, *, separate_weights: bool = False,
           weights_threshold: int = df.DEFAULT_WEIGHTS_THRESHOLD, progress: Progress = stderr_progress,
           prefix: str | None = None, client: docker.APIClient | None = None, no_cache: bool = False,
-          pull_base: bool = True, openapi: dict | None = None) -> BuildResult:
-    """Build the project's image and tag it; returns its id and labels."""
+          pull_base: bool = True, openapi: dict | None = None,
+          secrets: dict[str, bytes] | None = None) -> BuildResult:
+    """Build the project's image and tag it; returns its id and labels. `secrets` (id -> value)
+    feed build.run's secret mounts; they reach no layer of the image."""
     from cogkit.schema import build_openapi
 
     started = time.monotonic()
@@ -313,10 +340,7 @@ def build(project_dir: str | os.PathLike = ".", tag: str | None = None, *, separ
     if separate_weights:
         size = sum((Path(config.project_dir) / w).stat().st_size for w in files.weights)
         progress(f"Weights in their own layer: {len(files.weights)} file(s), {size / 1e6:.1f} MB")
-    text = df.generate(config, openapi, has_weights=bool(files.weights), prefix=prefix)
-    settings, ca = host_pip_settings()
-    with write_context(config, text, files, settings, ca) as context:
-        image_id = _run_build(client, context, None, progress, no_cache=no_cache)
+    image_id = _build_steps(client, config, openapi, files, prefix, no_cache, progress, secrets or {})
 
     # Second pass, no new layer: the pip freeze is only known once deps are installed.
     freeze = _read_file(client, image_id, df.FREEZE_FILE)

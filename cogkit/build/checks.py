@@ -51,6 +51,12 @@ def check_secrets(config: Config, secrets: list[Secret], cwd: Path) -> None:
                                       f"--secret id={mount['id']},src=FILE (or env=VAR)")
 
 
+def secret_values(secrets: list[Secret], cwd: Path) -> dict[str, bytes]:
+    """id -> the secret's bytes (its file's, or its environment variable's); checked by check_secrets."""
+    return {s.id: (cwd / s.src).read_bytes() if s.src is not None else os.environ[s.env or ""].encode()
+            for s in secrets}
+
+
 def check_config(config: Config) -> None:
     if not (config.predict or config.train):
         raise BuildCheckError("cog.yaml has no run (or predict) entry point, e.g. run: \"run.py:Runner\"; "

@@ -12,6 +12,7 @@ cogkit's runtime command when the image has none we understand.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -209,11 +210,13 @@ class RunningModel:
 def start(image: str, port: int | None = None, env: dict[str, str] | None = None,
           client: docker.APIClient | None = None, *, volumes: dict[str, str] | None = None,
           wait: bool = True, timeout: float = 300, upload_url: str | None = None,
-          name: str | None = None) -> RunningModel:
+          name: str | None = None, source: str | None = None) -> RunningModel:
     """Run `image` with the host network, its server on 127.0.0.1:port (a free one by default);
     returns once /health-check says READY. volumes maps host paths to read-only container paths.
     A `name` chosen beforehand lets the caller remove the container even if it was
-    interrupted before this returned (see remove())."""
+    interrupted before this returned (see remove()). `source`, a project directory, is
+    mounted read-write at /src over the image's copy, and the model then runs as this
+    process's user, so that what it writes there is the caller's (as `cog predict` from source)."""
     client = client or connect()
     try:
         info = client.inspect_image(image)
@@ -227,6 +230,8 @@ def start(image: str, port: int | None = None, env: dict[str, str] | None = None
     elif not _port_is_free(port):
         raise ContainerError(f"port {port} on 127.0.0.1 is already in use; choose another one (--port)")
     binds = {host: {"bind": inner, "mode": "ro"} for host, inner in (volumes or {}).items()}
+    if source is not None:
+        binds[source] = {"bind": df.SRC_DIR, "mode": "rw"}
     # host.docker.internal names this host inside the container, as `cog serve` arranges it
     # (with the host network, that is 127.0.0.1).
     host_config = client.create_host_config(network_mode="host", binds=binds or None,
@@ -237,6 +242,7 @@ def start(image: str, port: int | None = None, env: dict[str, str] | None = None
                 ["--upload-url", upload_url] if upload_url else []),
             environment={k: str(v) for k, v in (env or {}).items()}, host_config=host_config,
             labels={LABEL: "1"}, volumes=[b["bind"] for b in binds.values()] or None, name=name,
+            user=f"{os.getuid()}:{os.getgid()}" if source is not None else None,
         )["Id"]
         model = RunningModel(client, container, image, port)
         client.start(container)

@@ -34,7 +34,8 @@ def create_app(runner: Runner, openapi: dict[str, Any], request_shutdown: Callab
     app = FastAPI(title="Cog", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.runner = runner
     app.state.post_routes = {}  # path -> handler, for FastPath
-    surfaces = ["predictions"] + (["trainings"] if runner.train_ref else [])
+    # A model with only a train entry point has no predictions surface (and no Input schema to read).
+    surfaces = (["predictions"] if runner.predict_ref else []) + (["trainings"] if runner.train_ref else [])
 
     @app.get("/")
     async def discovery() -> dict[str, Any]:

@@ -36,12 +36,24 @@ _prediction_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("pre
 
 
 class Events:
-    """The write end of the event pipe, shared by every thread and task."""
+    """The write end of the event pipe, shared by every thread and task.
+
+    In an async model's event loop, events are gathered and written once the loop has run
+    what is ready (a prediction's outputs, metrics and end come out of one loop pass
+    together): one write and one wake-up of the runner instead of one per event. A send
+    from any other thread writes at once, after what is gathered, so the order holds."""
 
     def __init__(self, fd: int) -> None:
         self._out = os.fdopen(fd, "wb", buffering=0)
         self._lock = threading.Lock()
         self.before_done: list[Any] = []  # called with the id a DONE/SETUP_DONE ends: flush its logs first
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._gathered: list[bytes] = []
+
+    def gather_in(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called from the thread that runs `loop`: gather that thread's events (see above)."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
 
     def send(self, kind: str, **fields: Any) -> None:
         if kind in (m.DONE, m.SETUP_DONE):
@@ -49,7 +61,23 @@ class Events:
                 flush(fields.get("id"))
         data = m.encode(kind, **fields)
         with self._lock:
+            if self._loop is not None and threading.get_ident() == self._loop_thread:
+                if not self._gathered:
+                    self._loop.call_soon(self.write_gathered)
+                self._gathered.append(data)
+                return
+            if self._gathered:
+                data = b"".join(self._gathered) + data
+                self._gathered.clear()
             self._out.write(data)
+
+    def write_gathered(self) -> None:
+        """Write what was gathered (also called once the loop has stopped, for what is left)."""
+        with self._lock:
+            data = b"".join(self._gathered)
+            self._gathered.clear()
+            if data:
+                self._out.write(data)
 
 
 class LogStream(io.TextIOBase):
@@ -353,6 +381,7 @@ class Worker:
 
     async def serve_async(self, control: typing.BinaryIO) -> None:
         loop = asyncio.get_running_loop()
+        self.events.gather_in(loop)
         reader = asyncio.StreamReader(limit=1 << 30)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), control)
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -404,7 +433,10 @@ def main() -> None:
     events.send(m.SETUP_DONE, ok=True, error=None, is_async=worker.is_async, concurrent_max=concurrent_max)
     if worker.is_async:
         assert worker.loop is not None
-        worker.loop.run_until_complete(worker.serve_async(control))
+        try:
+            worker.loop.run_until_complete(worker.serve_async(control))
+        finally:
+            events.write_gathered()
     else:
         worker.serve_sync(control)
 

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
 Item = TypeVar("Item")
+# The public names (also the `cog.types` module of the compatibility package).
+__all__ = ["AsyncConcatenateIterator", "BaseModel", "CancelationException", "ConcatenateIterator", "FieldInfo",
+           "File", "Input", "Opaque", "Path", "Secret", "URLFile", "URLPath", "Weights"]
 
 
 class _Missing:

@@ -3,6 +3,7 @@ exists, cp, env, ...) and the harness's (cog, curl, wait-for, webhook and
 upload receivers, registry and docker helpers), each as harness.go defines it."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -21,7 +22,6 @@ from tests.cog_suite.script import (
     Script,
     ScriptSkipped,
     ScriptStopped,
-    free_port,
 )
 from tests.cog_suite.txtar import Line, go_regexp
 
@@ -36,9 +36,26 @@ def _positional_image(args: list[str], image: str) -> bool:
     return len(args) > 1 and not args[1].startswith("-") and (args[1] == image or "/" in args[1] or ":" in args[1])
 
 
+def _project_fingerprint(script: Script) -> str:
+    """What a build of $TEST_IMAGE depends on here: every file of the work tree (outside .tmp),
+    the directory it runs from and the environment."""
+    digest = hashlib.sha256(f"{script.here}\0{sorted(script.env.items())}".encode())
+    for path in sorted(script.work.rglob("*")):
+        rel = path.relative_to(script.work)
+        if rel.parts[0] == ".tmp" or not path.is_file():
+            continue
+        digest.update(f"\0{rel}\0{path.stat().st_mode}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _build_quietly(script: Script, line: Line) -> None:
-    """Image mode: `cog predict` without an image builds one first, as Cog's does."""
+    """Image mode: `cog predict` without an image builds one first, as Cog's does. When nothing
+    the build reads has changed since this script's last such build, that build would be a full
+    layer-cache hit giving the same image, so it is not repeated (it costs seconds per line)."""
     image = script.env["TEST_IMAGE"]
+    fingerprint = _project_fingerprint(script)
+    if script.built == fingerprint:
+        return
     proc = subprocess.run(check=False, args=[*COGKIT, "build", "-t", image], cwd=script.here, env=script.env, capture_output=True,
                           timeout=900)
     if proc.returncode != 0:
@@ -46,7 +63,7 @@ def _build_quietly(script: Script, line: Line) -> None:
         if not line.negate:
             script.fail(line, f"building {image} failed:\n{script.last.stderr[-3000:]}")
         raise _BuildFailedAsExpected(script.last)
-    script.built = True
+    script.built = fingerprint
 
 
 class _BuildFailedAsExpected(Exception):
@@ -64,8 +81,9 @@ def cog_argv(script: Script, line: Line, args: list[str]) -> list[str]:
         elif sub in RUNS_A_PROJECT and len(args) > 1 and args[1] == image:
             args = [sub, *args[2:]]
     elif sub in RUNS_A_PROJECT and not _positional_image(args, image):
+        # As Cog's, from source: build, then run the image with the project mounted at /src.
         _build_quietly(script, line)
-        args = [sub, image, *args[1:]]
+        args = [sub, image, "--mount-src", *args[1:]]
     elif sub == "exec":  # Cog's exec builds the project's environment image first
         args = ["exec", "--build", "-t", image, *args[1:]]
     return [*COGKIT, *args]
@@ -75,7 +93,7 @@ def cog(script: Script, line: Line, args: list[str]) -> None:
     args = script.expand_again(args)
     try:
         if args and args[0] == "serve":
-            port = free_port()
+            port = script.ports.take()
             extra = []
             if script.mode == "image":
                 _build_quietly(script, line)
@@ -91,6 +109,8 @@ def cog(script: Script, line: Line, args: list[str]) -> None:
                     what="cog command")
         script.last = Result(build.stdout + script.last.stdout, script.last.stderr + build.stderr)
         return
+    if args and args[0] in ("build", "push"):
+        script.built = None  # $TEST_IMAGE may now be another image than the one fingerprinted
     script.exec(line, argv, expect_failure=line.negate, what="cog command")
 
 
@@ -214,6 +234,7 @@ def registry_start(script: Script, line: Line, args: list[str]) -> None:
 
 
 def docker_run(script: Script, line: Line, args: list[str]) -> None:
+    script.built = None
     args = script.expand_again(args)
     script.exec(line, ["docker", "run", "--rm", "--network", "host", *args], expect_failure=line.negate,
                 what="docker-run")
@@ -259,6 +280,8 @@ def pty_run(script: Script, line: Line, args: list[str]) -> None:
 # --- testscript built-ins --------------------------------------------------------------------
 
 def exec_(script: Script, line: Line, args: list[str]) -> None:
+    if args and args[0] == "docker":
+        script.built = None  # it may remove or retag $TEST_IMAGE
     script.exec(line, args, expect_failure=line.negate, what="exec")
 
 

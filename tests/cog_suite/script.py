@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,11 +51,24 @@ class Server:
     log: Path
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Ports:
+    """Free ports on 127.0.0.1, never the same one twice: scripts run side by side in one
+    process (tests/cog_suite/pool.py), and a port picked but not yet bound by one script's
+    server must not be handed to another's."""
+
+    def __init__(self) -> None:
+        self._given: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            while True:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                if port not in self._given:
+                    self._given.add(port)
+                    return port
 
 
 def _conditions() -> dict[str, bool]:
@@ -73,13 +88,14 @@ class Script:
     mode: str  # "local" or "image"
     repo_root: Path
     rewrite_python: Callable[[str, str], str]
+    ports: Ports = field(default_factory=Ports)
     env: dict[str, str] = field(default_factory=dict)
     last: Result = field(default_factory=Result)
     stdin_file: str | None = None
     server: Server | None = None
     webhooks: WebhookReceiver | None = None
     uploads: UploadReceiver | None = None
-    built: bool = False
+    built: str | None = None  # the project's fingerprint when $TEST_IMAGE was last built for a line
     cwd: Path | None = None
     transcript: list[str] = field(default_factory=list)
 
@@ -256,7 +272,9 @@ class Script:
             out = subprocess.run(check=False, args=["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
                                   "--filter", f"reference={image}*"], capture_output=True, text=True)
             for ref in out.stdout.split():
-                subprocess.run(check=False, args=["docker", "rmi", "-f", ref], capture_output=True)
+                # --no-prune: the untagged parents are layer cache that a build of another script,
+                # running beside this one, may be about to use ("unknown parent image ID" otherwise).
+                subprocess.run(check=False, args=["docker", "rmi", "--no-prune", "-f", ref], capture_output=True)
 
     def expand_again(self, words: list[str]) -> list[str]:
         """The harness runs os.Expand over cog/curl arguments once more (single quotes included)."""

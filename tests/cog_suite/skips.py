@@ -44,8 +44,6 @@ _IMAGE_ONLY = re.compile(r"^\s*(!\s+)?(exec docker |exec python3 \S*check|docker
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("oci_bundle_push", "image"): ("`cog push` of a model with managed weights pushes one OCI index holding the image and "
                                    "its weights; cogkit pushes the image only (not done yet)"),
-    ("train_basic", "image"): ("Cog mounts the project at /src when it trains in an image built from source; "
-                               "`cogkit train IMAGE` does not (not done yet)"),
 }
 
 
@@ -63,9 +61,6 @@ def skip_reason(name: str, text: str, mode: str) -> str | None:
         return "checks what `cog build` says about the image it built: runs in image mode only"
     builds = re.findall(r"^\s*(!\s+)?cog build", script, re.MULTILINE)
     only_failing_builds = bool(builds) and all(builds)  # the build is refused before any base image
-    if mode == "image" and name == "secrets":
-        return ("builds with secret mounts (RUN --mount=type=secret), which need BuildKit; this engine has only "
-                "the classic builder and no buildx")
     if mode == "image" and _GPU.search(text) and not only_failing_builds:
         return "gpu: true builds on a CUDA base image (nvidia/cuda), which this offline engine does not have"
     return None
