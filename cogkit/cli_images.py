@@ -292,7 +292,8 @@ def _namespace_and_model(name: str, host: str) -> tuple[str, str]:
 
 
 def push(
-    ref: str = typer.Argument(..., metavar="REGISTRY/NAMESPACE/MODEL[:TAG]", help="Where to push"),
+    ref: str | None = typer.Argument(None, metavar="[REGISTRY/NAMESPACE/MODEL[:TAG]]",
+                                     help="Where to push (default: cog.yaml's image); not with a model ref"),
     platform: str | None = typer.Option(None, "--platform", envvar=PLATFORM_ENV,
                                            help=f"Register the pushed version with this platform (or ${PLATFORM_ENV})"),
     token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV,
@@ -300,11 +301,30 @@ def push(
     project: Path = PROJECT_OPTION,
 ) -> None:
     """Push an image; if REF is not a local image yet, the project's built image is tagged REF first.
-    Prints the digest."""
+    Prints the digest. With a model ref (cog.yaml's model: or $COG_MODEL), builds the project and
+    pushes one OCI index of the image and its managed weights instead, as Cog's model push."""
     import docker.errors
 
+    from cogkit import weights
     from cogkit.build import builder, registry
 
+    config = project_config(project) if (find_project(project) / "cog.yaml").is_file() else None
+    try:
+        model = weights.model_ref(config.raw) if config else None
+    except weights.WeightsError as e:
+        fail(str(e))
+    if model is not None and config is not None:
+        if ref:
+            fail("positional image argument not supported with 'model' config\n"
+                 "  use COG_MODEL to override the full reference\n"
+                 "  use COG_MODEL_TAG to override just the tag")
+        _push_model(model, config, project, platform)
+        return
+    if not ref:
+        if config is None or not config.image:
+            fail("To push images, you must either set the 'image' option in cog.yaml or pass an image name as an "
+                 "argument. For example, 'cogkit push registry.example.com/your-username/model-name'")
+        ref = config.image
     client = connect_engine()
     with errors():
         name, tag = registry.split_ref(ref)
@@ -313,7 +333,7 @@ def push(
     if platform:
         if not token:
             fail(f"registering with {platform} needs a token: --token or ${TOKEN_ENV}")
-        namespace, model = _namespace_and_model(name, host)
+        namespace, model_name = _namespace_and_model(name, host)
     try:
         client.inspect_image(ref)
     except docker.errors.ImageNotFound:
@@ -333,6 +353,38 @@ def push(
     if platform:
         with errors():
             openapi, cog_config = registry.image_metadata(ref, client)
-            version = registry.register_version(platform, namespace, model, ref, digest, openapi, token or "",
+            version = registry.register_version(platform, namespace, model_name, ref, digest, openapi, token or "",
                                                 cog_config=cog_config)
-        typer.echo(f"Registered version {version.get('id', '?')} of {namespace}/{model} with {platform}")
+        typer.echo(f"Registered version {version.get('id', '?')} of {namespace}/{model_name} with {platform}")
+
+
+def _push_model(model: Any, config: Any, project: Path, platform: str | None) -> None:
+    """Model mode: build the project, then push its image and weights as one OCI index to the model ref."""
+    from cogkit import weights
+    from cogkit.build import builder, bundle
+
+    if platform:
+        fail("--platform registers a single image; a model ref pushes an index (unset COG_MODEL and "
+             "cog.yaml's model: to push and register the image alone)")
+    if config.image:
+        fail("'image' in cog.yaml cannot be combined with a model ref (cog.yaml's model: or COG_MODEL*): "
+             "remove 'image' from cog.yaml, or unset COG_MODEL, COG_MODEL_REGISTRY, COG_MODEL_REPO, COG_MODEL_TAG")
+    try:  # before the build: a missing weights.lock or weight fails in seconds, not after minutes of building
+        entries = bundle.locked_weights(config.project_dir, config.raw)
+        descriptors = bundle.weight_descriptors(model, entries)
+    except weights.WeightsError as e:
+        fail(str(e))
+    note(f"Building Docker image from environment in cog.yaml as {model}...")
+    build(tag=None, separate_weights=False, no_cache=False, secrets=[], debug_output=False, check=False,
+          use_cog_base_image="false", project=project)
+    if entries:
+        note(f"\n{len(entries)} managed weight(s)")
+    note(f"\nPushing to {model}...")
+    client = connect_engine()
+    try:
+        with errors():
+            pushed = bundle.push(model, builder.default_tag(config), descriptors, client, progress=note)
+    except weights.WeightsError as e:
+        fail(str(e))
+    sys.stderr.write(f"\n{bundle.ref_tree(pushed)}\n")
+    typer.echo(pushed.model)

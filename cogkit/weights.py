@@ -9,7 +9,9 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,8 +23,15 @@ import httpx
 
 LOCKFILE = "weights.lock"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-ARTIFACT_TYPE = "application/vnd.cog.weights.v1"
-EMPTY_CONFIG = b"{}"
+# Cog's managed-weights format (its specs/draft-weights.md): the manifest's artifactType, its
+# config blob (a file index) and the annotations on the manifest, its layers and the bundle index.
+ARTIFACT_TYPE = "application/vnd.cog.weight.v1"
+CONFIG_TYPE = "application/vnd.cog.weight.config.v1+json"
+ANNOTATION_NAME = "run.cog.weight.name"
+ANNOTATION_TARGET = "run.cog.weight.target"
+ANNOTATION_SET_DIGEST = "run.cog.weight.set-digest"
+ANNOTATION_SIZE = "run.cog.weight.size.uncompressed"
+_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")  # the OCI distribution spec's tag grammar
 Progress = Callable[[str], None]
 
 
@@ -63,18 +72,83 @@ def stored(digest: str) -> Path:
     return store_root() / digest.removeprefix("sha256:")
 
 
-def repository(raw: dict[str, Any]) -> tuple[str, str]:
-    """(registry host, repository) from cog.yaml's `model:` and COG_MODEL_REGISTRY."""
+@dataclass
+class ModelRef:
+    """Where a model is pushed: registry host, repository and tag (Cog's ResolveModelRef)."""
+    host: str
+    repo: str
+    tag: str
+
+    @property
+    def repository(self) -> str:
+        return f"{self.host}/{self.repo}"
+
+    def __str__(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+def _looks_like_host(part: str) -> bool:
+    return "." in part or ":" in part or part == "localhost"
+
+
+def model_ref(raw: dict[str, Any]) -> ModelRef | None:
+    """The model ref, as Cog resolves it: COG_MODEL (REGISTRY/REPO[:TAG]) wins outright; else
+    cog.yaml's `model:` with COG_MODEL_REGISTRY, COG_MODEL_REPO and COG_MODEL_TAG over it. Without
+    a tag, a UTC timestamp (20260508T153042Z) is the tag. None when neither names a repository."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    full = os.environ.get("COG_MODEL", "")
+    if full:
+        first, _, rest = full.partition("/")
+        if not rest or not _looks_like_host(first) or "@" in rest:
+            raise WeightsError(f"COG_MODEL={full!r} is not REGISTRY/REPOSITORY[:TAG] "
+                               f"(e.g. registry.example.com/user/model:v1)")
+        repo, _, tag = rest.partition(":")
+        return _checked(ModelRef(first, repo, tag or stamp), "COG_MODEL")
     model = raw.get("model")
-    if not isinstance(model, str) or not model:
-        raise WeightsError("cog.yaml has no `model:` (e.g. model: namespace/name) to push weights to")
-    host = os.environ.get("COG_MODEL_REGISTRY")
-    first, _, rest = model.partition("/")
-    if "." in first or ":" in first:  # model names its own registry
-        return first, rest
+    if model is not None and (not isinstance(model, str) or not model):
+        raise WeightsError("cog.yaml's `model:` must be a repository such as namespace/name")
+    env_repo = os.environ.get("COG_MODEL_REPO", "")
+    if not model and not env_repo:
+        return None
+    host, repo = "", str(model or "")
+    first, _, rest = repo.partition("/")
+    if rest and _looks_like_host(first):  # model names its own registry
+        host, repo = first, rest
+    host = os.environ.get("COG_MODEL_REGISTRY") or host
     if not host:
-        raise WeightsError("no registry for the weights: set COG_MODEL_REGISTRY or give `model:` with a host")
-    return host, model
+        raise WeightsError("no registry for the model: set COG_MODEL_REGISTRY or give `model:` with a host")
+    tag = os.environ.get("COG_MODEL_TAG", "")
+    if tag.startswith("cog-"):
+        raise WeightsError(f"COG_MODEL_TAG={tag!r}: the cog- prefix is kept for tags cogkit makes itself")
+    return _checked(ModelRef(host, env_repo or repo, tag or stamp), "COG_MODEL_TAG" if tag else "the model ref")
+
+
+def _checked(ref: ModelRef, what: str) -> ModelRef:
+    if not _TAG.match(ref.tag):
+        raise WeightsError(f"{what}: tag {ref.tag!r} is not a valid OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]*)")
+    if not ref.repo or ref.repo != ref.repo.lower() or "//" in ref.repo or ref.repo.endswith("/"):
+        raise WeightsError(f"{what}: repository {ref.repo!r} must be lowercase path components "
+                           f"(e.g. namespace/name)")
+    return ref
+
+
+def repository(raw: dict[str, Any]) -> tuple[str, str]:
+    """(registry host, repository) the weights go to: the model's own repository."""
+    ref = model_ref(raw)
+    if ref is None:
+        raise WeightsError("cog.yaml has no `model:` (e.g. model: namespace/name) to push weights to")
+    return ref.host, ref.repo
+
+
+def set_digest(files: list[dict[str, Any]]) -> str:
+    """Cog's weight set digest: sha256 over `<hex>  <path>` lines sorted by path (sha256sum's
+    form), so it names the files' content whatever the layers."""
+    lines = sorted(f"{f['digest'].removeprefix('sha256:')}  {f['path']}" for f in files)
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _blob(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _files(project: Path, weight: Weight) -> list[Path]:
@@ -129,9 +203,23 @@ class Registry:
                                   headers={"content-type": "application/octet-stream"}), f"uploading {digest}")
 
     def push_manifest(self, tag: str, manifest: dict[str, Any]) -> str:
-        response = self._check(self.http.put(f"{self.base}/manifests/{tag}", content=json.dumps(manifest),
-                                             headers={"content-type": MANIFEST_TYPE}), f"pushing {tag}")
-        return response.headers.get("docker-content-digest", "")
+        """PUT a manifest (or index) under tag; returns its digest, that of the bytes sent."""
+        body = json.dumps(manifest, separators=(",", ":")).encode()
+        self._check(self.http.put(f"{self.base}/manifests/{tag}", content=body,
+                                  headers={"content-type": manifest["mediaType"]}), f"pushing {tag}")
+        return _blob(body)
+
+    def descriptor(self, reference: str) -> dict[str, Any]:
+        """{mediaType, digest, size} of the manifest at reference (a tag or a digest)."""
+        accept = ", ".join((MANIFEST_TYPE, "application/vnd.oci.image.index.v1+json",
+                            "application/vnd.docker.distribution.manifest.v2+json",
+                            "application/vnd.docker.distribution.manifest.list.v2+json"))
+        response = self.http.get(f"{self.base}/manifests/{reference}", headers={"accept": accept})
+        if response.status_code == 404:
+            raise WeightsError(f"{self.base.split('/v2/', 1)[0]}: no manifest {reference} in this repository")
+        self._check(response, f"reading the manifest {reference}")
+        return {"mediaType": response.headers["content-type"].split(";")[0].strip(),
+                "digest": _blob(response.content), "size": len(response.content)}
 
     def fetch_blob(self, digest: str, target: Path) -> None:
         with self.http.stream("GET", f"{self.base}/blobs/{digest}") as response:
@@ -153,10 +241,10 @@ def import_weights(project: Path, raw: dict[str, Any], progress: Progress) -> di
         raise WeightsError("cog.yaml declares no weights")
     host, repo = repository(raw)
     store_root().mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for weight in weights:
         progress(f"Importing {weight.name} from file://{weight.source}")
-        files = []
+        files: list[dict[str, Any]] = []
         for path in _files(project, weight):
             digest = _digest(path)
             if not stored(digest).exists():
@@ -168,19 +256,30 @@ def import_weights(project: Path, raw: dict[str, Any], progress: Progress) -> di
     progress("Download complete")
     progress(f"Pushing {len(entries)} weight(s) to {host}/{repo}")
     registry = Registry(host, repo)
-    config_digest = "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest()
-    registry.push_blob(config_digest, data=EMPTY_CONFIG)
     for entry in entries:
         for file in entry["files"]:
             registry.push_blob(file["digest"], stored(file["digest"]))
+        entry["setDigest"] = set_digest(entry["files"])
+        entry["size"] = sum(f["size"] for f in entry["files"])
+        # One layer per file, the file's own bytes (Cog packs tars; a layer here is the file itself,
+        # so the store, pull and mounts keep working by file digest). The config blob is Cog's file index.
+        config = json.dumps({"name": entry["name"], "target": entry["target"], "setDigest": entry["setDigest"],
+                             "files": [{"path": f["path"], "layer": f["digest"], "size": f["size"],
+                                        "digest": f["digest"]} for f in sorted(entry["files"],
+                                                                               key=lambda f: f["path"])]},
+                            separators=(",", ":")).encode()
+        registry.push_blob(_blob(config), data=config)
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": ARTIFACT_TYPE,
-                    "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config_digest,
-                               "size": len(EMPTY_CONFIG)},
+                    "config": {"mediaType": CONFIG_TYPE, "digest": _blob(config), "size": len(config)},
                     "layers": [{"mediaType": "application/octet-stream", "digest": f["digest"], "size": f["size"],
-                                "annotations": {"org.opencontainers.image.title": f["path"]}}
-                               for f in entry["files"]]}
-        digest = registry.push_manifest(f"weights-{entry['name']}", manifest)
-        entry["reference"] = f"{host}/{repo}@{digest}" if digest else f"{host}/{repo}:weights-{entry['name']}"
+                                "annotations": {"org.opencontainers.image.title": f["path"],
+                                                ANNOTATION_SIZE: str(f["size"])}}
+                               for f in entry["files"]],
+                    "annotations": {ANNOTATION_NAME: entry["name"], ANNOTATION_TARGET: entry["target"],
+                                    ANNOTATION_SET_DIGEST: entry["setDigest"]}}
+        tag = f"cog-weight.{entry['name']}.{entry['setDigest'].removeprefix('sha256:')[:12]}"  # as Cog tags them
+        entry["digest"] = registry.push_manifest(tag, manifest)
+        entry["reference"] = f"{host}/{repo}@{entry['digest']}"
         progress(f"  pushed {entry['name']} as {entry['reference']}")
     lock = {"version": 1, "model": f"{host}/{repo}", "weights": entries}
     (project / LOCKFILE).write_text(json.dumps(lock, indent=2) + "\n")
@@ -193,9 +292,12 @@ def read_lock(project: Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"no {LOCKFILE} in {project}: run `cogkit weights import` first")
     try:
-        return json.loads(path.read_text())
+        lock = json.loads(path.read_text())
     except ValueError as e:
         raise WeightsError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(lock, dict) or not isinstance(lock.get("weights", []), list):
+        raise WeightsError(f"{path} must be a JSON object with a `weights` list: run `cogkit weights import` again")
+    return lock
 
 
 def pull_weights(project: Path, names: list[str], verbose: bool, progress: Progress) -> None:

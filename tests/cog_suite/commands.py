@@ -4,6 +4,7 @@ upload receivers, registry and docker helpers), each as harness.go defines it.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import httpx
 from tests.cog_suite.receivers import UploadReceiver, WebhookReceiver
 from tests.cog_suite.script import (
     REGISTRY,
+    REGISTRY_HOST,
     Result,
     Script,
     ScriptSkipped,
@@ -230,7 +232,74 @@ def registry_start(script: Script, line: Line, args: list[str]) -> None:
         httpx.get(f"http://{REGISTRY}/v2/", timeout=5)
     except httpx.HTTPError as e:
         script.fail(line, f"registry-start: the project's registry at {REGISTRY} is not reachable: {e}")
-    script.env["TEST_REGISTRY"] = REGISTRY
+    script.env["TEST_REGISTRY"] = REGISTRY_HOST
+
+
+_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+_IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
+
+
+def _go_json(value: object) -> str:
+    """json.MarshalIndent's text: Go escapes <, > and & in strings."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def registry_inspect(script: Script, line: Line, args: list[str]) -> None:
+    """registry-inspect REF: the manifest (or index) at REF as the harness's registry client reports it
+    (schema version, media type, digest, each index entry with its platform and annotations, layers,
+    config digest and the image's labels), as JSON on stdout; `!` expects that to fail."""
+    if not args:
+        script.fail(line, "registry-inspect: usage: registry-inspect <image-ref>")
+    ref = script.expand_again(args)[0]
+    host, _, rest = ref.partition("/")
+    repo, reference = (rest.split("@", 1) if "@" in rest else
+                       (rest.rsplit(":", 1) if ":" in rest.rsplit("/", 1)[-1] else (rest, "latest")))
+    base = f"http://{host}/v2/{repo}"
+
+    def get(path: str, accept: tuple[str, ...] = ()) -> httpx.Response:
+        response = httpx.get(f"{base}/{path}", headers={"Accept": ", ".join(accept)} if accept else {}, timeout=30)
+        response.raise_for_status()
+        return response
+
+    def labels(manifest: dict) -> dict | None:
+        config = get(f"blobs/{manifest['config']['digest']}").json()
+        return (config.get("config") or {}).get("Labels")
+
+    try:
+        response = get(f"manifests/{reference}", _INDEX_TYPES + _IMAGE_TYPES)
+        media_type = response.headers.get("content-type", "").split(";")[0]
+        manifest = response.json()
+        result = {"SchemaVersion": manifest.get("schemaVersion"), "MediaType": media_type,
+                  "Digest": "sha256:" + hashlib.sha256(response.content).hexdigest(),
+                  "Manifests": None, "Layers": None, "Config": "", "Labels": None}
+        if media_type in _INDEX_TYPES:
+            entries = manifest.get("manifests") or []
+            result["Manifests"] = [{"Digest": m["digest"], "MediaType": m.get("mediaType", ""), "Size": m.get("size", 0),
+                                    "OS": (m.get("platform") or {}).get("os", ""),
+                                    "Architecture": (m.get("platform") or {}).get("architecture", ""),
+                                    "Variant": (m.get("platform") or {}).get("variant", ""),
+                                    "Annotations": m.get("annotations")} for m in entries]
+            # Labels come from the linux/amd64 image (else the first entry), as the harness picks it.
+            chosen = next((m for m in entries if m.get("platform") == {"os": "linux", "architecture": "amd64"}),
+                          entries[0] if entries else None)
+            if chosen is None:
+                raise ValueError("the index lists no manifests")
+            result["Labels"] = labels(get(f"manifests/{chosen['digest']}", _IMAGE_TYPES).json())
+        elif media_type in _IMAGE_TYPES:
+            result["Config"] = manifest["config"]["digest"]
+            result["Layers"] = [layer["digest"] for layer in manifest.get("layers") or []]
+            result["Labels"] = labels(manifest)
+        else:
+            raise ValueError(f"unsupported media type: {media_type}")
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        if not line.negate:
+            script.fail(line, f"registry-inspect: failed to inspect {ref}: {e}")
+        return
+    if line.negate:
+        script.fail(line, "registry-inspect: expected failure but succeeded")
+    script.last = Result(_go_json(result) + "\n", "")
+    script.transcript.append(f"  [registry-inspect]\n{script.last.stdout}")
 
 
 def docker_run(script: Script, line: Line, args: list[str]) -> None:
@@ -397,7 +466,7 @@ BUILTINS: dict[str, Handler] = {
     "cog": cog, "curl": curl, "wait-for": wait_for, "server-stop": server_stop,
     "webhook-server-start": webhook_server_start, "webhook-server-wait": webhook_server_wait,
     "upload-server-start": upload_server_start, "upload-server-count": upload_server_count,
-    "registry-start": registry_start, "docker-run": docker_run, "docker-push": docker_push, "pty-run": pty_run,
+    "registry-start": registry_start, "registry-inspect": registry_inspect, "docker-run": docker_run, "docker-push": docker_push, "pty-run": pty_run,
     "exec": exec_, "stdout": stdout, "stderr": stderr, "grep": grep, "exists": exists, "cp": cp, "rm": rm,
     "mkdir": mkdir, "cd": cd, "env": env, "stdin": stdin, "skip": skip, "stop": stop, "cmp": cmp,
 }

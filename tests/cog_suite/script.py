@@ -24,6 +24,9 @@ from tests.cog_suite.txtar import Line, expand, parse_archive, parse_line
 COMMAND_TIMEOUT = 900  # seconds for one command; an image build on 2 loaded cores is the slowest
 SERVER_READY_TIMEOUT = 120  # as the harness's waitForServer
 REGISTRY = "127.0.0.1:5050"  # the project's real OCI registry stands in for registry-start's container
+# $TEST_REGISTRY as the harness's registry container reports it (localhost:PORT): tests match "localhost" in
+# what `cog push` prints. /etc/hosts maps localhost to 127.0.0.1, the address the registry listens on.
+REGISTRY_HOST = "localhost:" + REGISTRY.rsplit(":", 1)[1]
 
 
 class ScriptFailed(AssertionError):

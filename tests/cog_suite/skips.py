@@ -41,10 +41,7 @@ _IMAGE_ONLY = re.compile(r"^\s*(!\s+)?(exec docker |exec python3 \S*check|docker
 
 # Tests that run here and fail, for a reason cogkit has not met yet: expected to fail (strict, so a fix
 # shows), and listed with their reasons in docs/cog-compatibility.md.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("oci_bundle_push", "image"): ("`cog push` of a model with managed weights pushes one OCI index holding the image and "
-                                   "its weights; cogkit pushes the image only (not done yet)"),
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def skip_reason(name: str, text: str, mode: str) -> str | None:
