@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -29,6 +30,11 @@ from server.translate.sse import encode_sse
 __all__ = ["Buffer", "Event", "Relay", "Streams"]   # Event, Relay: re-exported for old imports
 
 CANCEL_CHECK_INTERVAL = 1.0            # seconds between checks for DELETEs made on other replicas
+# What a finished buffer costs beyond its events' bytes (measured with tracemalloc: the Buffer and its
+# attributes, and per event the bytes object's header and its list slot), to count it against
+# `StreamsConfig.memory_max_bytes`.
+BUFFER_OVERHEAD = 1200
+EVENT_OVERHEAD = 48
 
 
 class Buffer:
@@ -66,6 +72,16 @@ class Buffer:
         self.last_activity = time.monotonic()
         self._wake()
 
+    def footprint(self) -> int:
+        """About what this buffer holds in memory, in bytes."""
+        return BUFFER_OVERHEAD + self.size + EVENT_OVERHEAD * len(self.events)
+
+    def release(self) -> None:
+        """The pump is over: let go of what only it needed. The task keeps its context, which holds
+        the request's Call (and so its reservation, relay, ...): a finished stream keeps its events only."""
+        self.task = None
+        self.tag = None
+
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():
@@ -85,6 +101,10 @@ class Streams:
         self.writer = writer              # the executor for store writes (reads use the default one)
         self.live: dict[str, Buffer] = {}
         self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
+        # Finished and in the store, oldest first: kept for a fast resume from this replica for
+        # `memory_retention` seconds, and at most `memory_max_bytes` in all (then only the store has them).
+        self.kept: OrderedDict[str, Buffer] = OrderedDict()
+        self.kept_bytes = 0
         self._tasks: list[asyncio.Task] = []
         self._cancel_checked = 0.0
         self._heartbeat = 0.0
@@ -157,7 +177,10 @@ class Streams:
             buf.done, buf.status, buf.finished_at = True, status, time.monotonic()
             buf._wake()
             self.metrics.streams_active.dec()
-        await on_done(status, error)
+        try:
+            await on_done(status, error)
+        finally:
+            buf.release()
 
     async def persist(self, buf: Buffer) -> None:
         """Write the stream's row (and its events so far) now rather than at the next flush: a stream
@@ -259,7 +282,7 @@ class Streams:
     async def _flush_once(self) -> None:
         if self.repo is None:
             for id in [id for id, buf in self.pending.items() if buf.done]:
-                del self.pending[id]
+                self._keep(self.pending.pop(id))
             return
         try:
             await self._stop_canceled_elsewhere()
@@ -274,8 +297,8 @@ class Streams:
         if batch:
             await self._write_call(self._write, batch)
             for buf, _start, _end, final in batch:
-                if final and buf.stored_final:
-                    self.pending.pop(buf.id, None)
+                if final and buf.stored_final and self.pending.pop(buf.id, None) is not None:
+                    self._keep(buf)
         await self._beat()
 
     async def _beat(self) -> None:
@@ -333,6 +356,19 @@ class Streams:
                     log_event(self.log, "stream timeout", logging.WARNING, stream_id=buf.id, reason=buf.timed_out)
                     buf.task.cancel()
 
+    def _keep(self, buf: Buffer) -> None:
+        """A finished stream that needs nothing more from this process: kept a while, within the budget."""
+        self.kept[buf.id] = buf
+        self.kept_bytes += buf.footprint()
+        while self.kept_bytes > self.cfg.memory_max_bytes and self.kept:
+            self._forget()
+
+    def _forget(self) -> None:
+        """The oldest kept stream leaves memory (a resume of it reads the store)."""
+        _id, buf = self.kept.popitem(last=False)
+        self.kept_bytes -= buf.footprint()
+        self.live.pop(buf.id, None)
+
     async def _purger(self) -> None:
         """Finished streams leave memory after a short while (the store keeps them for `retention`)."""
         last_store_purge = 0.0
@@ -340,10 +376,11 @@ class Streams:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             keep = self.cfg.memory_retention if self.repo is not None else self.cfg.retention
-            for id, buf in list(self.live.items()):
-                if buf.done and buf.finished_at is not None and now - buf.finished_at > keep and \
-                        (self.repo is None or buf.stored_final):
-                    del self.live[id]
+            while self.kept:
+                oldest = next(iter(self.kept.values()))
+                if oldest.finished_at is not None and now - oldest.finished_at <= keep:
+                    break
+                self._forget()
             if self.repo is not None and now - last_store_purge > 60:
                 last_store_purge = now
                 try:
