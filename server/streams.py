@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from array import array
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -35,12 +36,46 @@ CANCEL_CHECK_INTERVAL = 1.0            # seconds between checks for DELETEs made
 # `StreamsConfig.memory_max_bytes`.
 BUFFER_OVERHEAD = 1200
 EVENT_OVERHEAD = 48
+PACKED_EVENT_OVERHEAD = 4             # a packed buffer's: one offset per event
+
+
+class Packed:
+    """A finished stream's events in one bytes object and an array of where each ends: read like
+    the list it replaces (len, [i], [i:j]). Why: a list of small bytes objects, each one allocated
+    as its event came, pins memory pages shared with short-lived objects of the same moment; under
+    load that fragmentation grew the gateway's RSS for minutes after the buffers themselves were
+    bounded. One allocation per kept stream, made when it is kept, frees those pages together."""
+    __slots__ = ("blob", "ends")
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.blob = b"".join(events)
+        self.ends = array("I")            # 4 bytes each: a stream is at most max_bytes (< 4 GiB)
+        end = 0
+        for raw in events:
+            end += len(raw)
+            self.ends.append(end)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def _span(self, i: int, j: int) -> bytes:
+        return self.blob[self.ends[i - 1] if i > 0 else 0:self.ends[j - 1]] if j > i else b""
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, slice):
+            i, j, _step = key.indices(len(self.ends))
+            return [self._span(i, j)] if j > i else []     # one piece: callers join what they get
+        if key < 0:
+            key += len(self.ends)
+        if not 0 <= key < len(self.ends):
+            raise IndexError(key)
+        return self._span(key, key + 1)
 
 
 class Buffer:
     def __init__(self, id: str, tenant_id: str, fmt: str, t: Timeouts) -> None:
         self.id, self.tenant_id, self.format = id, tenant_id, fmt
-        self.events: list[bytes] = []
+        self.events: list[bytes] | Packed = []   # Packed once finished and kept (Streams._keep)
         self.size = 0
         self.done = False
         self.status: Status = RUNNING
@@ -67,14 +102,15 @@ class Buffer:
         raw = encode_sse(data, event, None if self.data_only else str(index))
         if index == 0 and not self.data_only:   # and as a comment, for clients that only read raw lines
             raw = f": stream {self.id}\n".encode() + raw
-        self.events.append(raw)
+        self.events.append(raw)  # type: ignore[union-attr]   # a Packed buffer is done: nothing appends
         self.size += len(raw)
         self.last_activity = time.monotonic()
         self._wake()
 
     def footprint(self) -> int:
         """About what this buffer holds in memory, in bytes."""
-        return BUFFER_OVERHEAD + self.size + EVENT_OVERHEAD * len(self.events)
+        per_event = PACKED_EVENT_OVERHEAD if isinstance(self.events, Packed) else EVENT_OVERHEAD
+        return BUFFER_OVERHEAD + self.size + per_event * len(self.events)
 
     def release(self) -> None:
         """The pump is over: let go of what only it needed. The task keeps its context, which holds
@@ -358,6 +394,8 @@ class Streams:
 
     def _keep(self, buf: Buffer) -> None:
         """A finished stream that needs nothing more from this process: kept a while, within the budget."""
+        if not isinstance(buf.events, Packed):
+            buf.events = Packed(buf.events)
         self.kept[buf.id] = buf
         self.kept_bytes += buf.footprint()
         while self.kept_bytes > self.cfg.memory_max_bytes and self.kept:
