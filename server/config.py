@@ -88,6 +88,10 @@ class StreamsConfig(_Strict):
     flush_interval: float = 0.1             # seconds between batched writes to the store
     poll_interval: float = 0.1              # how often a replica without the stream looks for new events
     memory_retention: float = 30.0          # seconds a finished stream stays in memory (then: the store)
+    # Bytes of finished streams kept in memory, all together (Buffer.footprint: events and their
+    # overhead); past it the oldest leave early. Bounded by bytes, not by time alone: under load, 30 s of
+    # finished streams grew the gateway by hundreds of MiB (the soak in benchmarks/gateway_vs_litellm.py).
+    memory_max_bytes: int = Field(32 * 1024 * 1024, ge=0)
     # Seconds a running stream's row may go without a heartbeat before its process is taken for dead and
     # the stream is settled by another gateway on the store (server/recovery.py); heartbeats every lease/3.
     lease: float = Field(10.0, gt=0)

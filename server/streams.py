@@ -13,6 +13,8 @@ import asyncio
 import logging
 import time
 import uuid
+from array import array
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -29,12 +31,51 @@ from server.translate.sse import encode_sse
 __all__ = ["Buffer", "Event", "Relay", "Streams"]   # Event, Relay: re-exported for old imports
 
 CANCEL_CHECK_INTERVAL = 1.0            # seconds between checks for DELETEs made on other replicas
+# What a finished buffer costs beyond its events' bytes (measured with tracemalloc: the Buffer and its
+# attributes, and per event the bytes object's header and its list slot), to count it against
+# `StreamsConfig.memory_max_bytes`.
+BUFFER_OVERHEAD = 1200
+EVENT_OVERHEAD = 48
+PACKED_EVENT_OVERHEAD = 4             # a packed buffer's: one offset per event
+
+
+class Packed:
+    """A finished stream's events in one bytes object and an array of where each ends: read like
+    the list it replaces (len, [i], [i:j]). Why: a list of small bytes objects, each one allocated
+    as its event came, pins memory pages shared with short-lived objects of the same moment; under
+    load that fragmentation grew the gateway's RSS for minutes after the buffers themselves were
+    bounded. One allocation per kept stream, made when it is kept, frees those pages together."""
+    __slots__ = ("blob", "ends")
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.blob = b"".join(events)
+        self.ends = array("I")            # 4 bytes each: a stream is at most max_bytes (< 4 GiB)
+        end = 0
+        for raw in events:
+            end += len(raw)
+            self.ends.append(end)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def _span(self, i: int, j: int) -> bytes:
+        return self.blob[self.ends[i - 1] if i > 0 else 0:self.ends[j - 1]] if j > i else b""
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, slice):
+            i, j, _step = key.indices(len(self.ends))
+            return [self._span(i, j)] if j > i else []     # one piece: callers join what they get
+        if key < 0:
+            key += len(self.ends)
+        if not 0 <= key < len(self.ends):
+            raise IndexError(key)
+        return self._span(key, key + 1)
 
 
 class Buffer:
     def __init__(self, id: str, tenant_id: str, fmt: str, t: Timeouts) -> None:
         self.id, self.tenant_id, self.format = id, tenant_id, fmt
-        self.events: list[bytes] = []
+        self.events: list[bytes] | Packed = []   # Packed once finished and kept (Streams._keep)
         self.size = 0
         self.done = False
         self.status: Status = RUNNING
@@ -61,10 +102,21 @@ class Buffer:
         raw = encode_sse(data, event, None if self.data_only else str(index))
         if index == 0 and not self.data_only:   # and as a comment, for clients that only read raw lines
             raw = f": stream {self.id}\n".encode() + raw
-        self.events.append(raw)
+        self.events.append(raw)  # type: ignore[union-attr]   # a Packed buffer is done: nothing appends
         self.size += len(raw)
         self.last_activity = time.monotonic()
         self._wake()
+
+    def footprint(self) -> int:
+        """About what this buffer holds in memory, in bytes."""
+        per_event = PACKED_EVENT_OVERHEAD if isinstance(self.events, Packed) else EVENT_OVERHEAD
+        return BUFFER_OVERHEAD + self.size + per_event * len(self.events)
+
+    def release(self) -> None:
+        """The pump is over: let go of what only it needed. The task keeps its context, which holds
+        the request's Call (and so its reservation, relay, ...): a finished stream keeps its events only."""
+        self.task = None
+        self.tag = None
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
@@ -85,6 +137,10 @@ class Streams:
         self.writer = writer              # the executor for store writes (reads use the default one)
         self.live: dict[str, Buffer] = {}
         self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
+        # Finished and in the store, oldest first: kept for a fast resume from this replica for
+        # `memory_retention` seconds, and at most `memory_max_bytes` in all (then only the store has them).
+        self.kept: OrderedDict[str, Buffer] = OrderedDict()
+        self.kept_bytes = 0
         self._tasks: list[asyncio.Task] = []
         self._cancel_checked = 0.0
         self._heartbeat = 0.0
@@ -157,7 +213,10 @@ class Streams:
             buf.done, buf.status, buf.finished_at = True, status, time.monotonic()
             buf._wake()
             self.metrics.streams_active.dec()
-        await on_done(status, error)
+        try:
+            await on_done(status, error)
+        finally:
+            buf.release()
 
     async def persist(self, buf: Buffer) -> None:
         """Write the stream's row (and its events so far) now rather than at the next flush: a stream
@@ -259,7 +318,7 @@ class Streams:
     async def _flush_once(self) -> None:
         if self.repo is None:
             for id in [id for id, buf in self.pending.items() if buf.done]:
-                del self.pending[id]
+                self._keep(self.pending.pop(id))
             return
         try:
             await self._stop_canceled_elsewhere()
@@ -274,8 +333,8 @@ class Streams:
         if batch:
             await self._write_call(self._write, batch)
             for buf, _start, _end, final in batch:
-                if final and buf.stored_final:
-                    self.pending.pop(buf.id, None)
+                if final and buf.stored_final and self.pending.pop(buf.id, None) is not None:
+                    self._keep(buf)
         await self._beat()
 
     async def _beat(self) -> None:
@@ -333,6 +392,21 @@ class Streams:
                     log_event(self.log, "stream timeout", logging.WARNING, stream_id=buf.id, reason=buf.timed_out)
                     buf.task.cancel()
 
+    def _keep(self, buf: Buffer) -> None:
+        """A finished stream that needs nothing more from this process: kept a while, within the budget."""
+        if not isinstance(buf.events, Packed):
+            buf.events = Packed(buf.events)
+        self.kept[buf.id] = buf
+        self.kept_bytes += buf.footprint()
+        while self.kept_bytes > self.cfg.memory_max_bytes and self.kept:
+            self._forget()
+
+    def _forget(self) -> None:
+        """The oldest kept stream leaves memory (a resume of it reads the store)."""
+        _id, buf = self.kept.popitem(last=False)
+        self.kept_bytes -= buf.footprint()
+        self.live.pop(buf.id, None)
+
     async def _purger(self) -> None:
         """Finished streams leave memory after a short while (the store keeps them for `retention`)."""
         last_store_purge = 0.0
@@ -340,10 +414,11 @@ class Streams:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             keep = self.cfg.memory_retention if self.repo is not None else self.cfg.retention
-            for id, buf in list(self.live.items()):
-                if buf.done and buf.finished_at is not None and now - buf.finished_at > keep and \
-                        (self.repo is None or buf.stored_final):
-                    del self.live[id]
+            while self.kept:
+                oldest = next(iter(self.kept.values()))
+                if oldest.finished_at is not None and now - oldest.finished_at <= keep:
+                    break
+                self._forget()
             if self.repo is not None and now - last_store_purge > 60:
                 last_store_purge = now
                 try:

@@ -139,6 +139,49 @@ def test_delete_aborts_the_upstream(slow):
     assert g.usage(g.admin_key, 1)[0]["status"] == "canceled"
 
 
+def resumes(g, source: str) -> float:
+    """How many resumes this gateway served from `source` (memory | store), from its metrics."""
+    prefix = f'cogkit_gateway_stream_resumes_total{{source="{source}"}} '
+    return sum(float(line[len(prefix):]) for line in g.metrics().splitlines() if line.startswith(prefix))
+
+
+def test_finished_streams_past_the_memory_budget_are_resumed_from_the_store(slow):
+    # About two finished ~32-event streams fit in 20 kB (Buffer.footprint): the older ones leave
+    # memory well before memory_retention, and the store serves their resume, byte for byte.
+    g = slow(streams={"memory_max_bytes": 20_000, "memory_retention": 600})
+    g.fake.configure(token_delay=0)
+    alice, bob = g.new_key("alice"), g.new_key("bob")
+    bodies = {}
+    with g.http(alice) as c:
+        for _ in range(5):
+            with c.stream("POST", "/v1/chat/completions", json=chat_body()) as resp:
+                stream_id = resp.headers["x-cogkit-stream-id"]
+                bodies[stream_id] = resp.read()
+            wait_finished(g, alice, stream_id)
+        first, last = list(bodies)[0], list(bodies)[-1]
+        # The newest is kept in memory once stored; wait for the oldest to have left it.
+        deadline = time.monotonic() + 20
+        while resumes(g, "store") < 1:
+            assert time.monotonic() < deadline, "the oldest finished stream never left memory"
+            assert c.get(f"/v1/streams/{first}").content == bodies[first]
+            time.sleep(0.1)
+        for stream_id, body in bodies.items():
+            assert c.get(f"/v1/streams/{stream_id}").content == body
+        in_memory = resumes(g, "memory")
+        assert c.get(f"/v1/streams/{last}").content == bodies[last]
+        assert resumes(g, "memory") == in_memory + 1       # the newest: still in memory
+        assert c.get(f"/v1/streams/{first}", params={"from": 5}).content == \
+            b"".join(e + b"\n\n" for e in body_events(bodies[first])[5:])
+    assert resumes(g, "store") >= 4             # the oldest three, past the budget (the first twice)
+    assert g.http(bob).get(f"/v1/streams/{first}").status_code == 404
+    assert g.fake.stats()["requests"] == 5 and len(g.usage(alice, 10)) == 5
+
+
+def body_events(body: bytes) -> list[bytes]:
+    """The SSE events of a stream's body (without their blank-line ends), the stream comment kept."""
+    return [e for e in body.split(b"\n\n") if e]
+
+
 def test_a_second_gateway_process_sharing_the_store_serves_the_resume(slow, pg_url):
     first = slow("gw1", database_url=pg_url)
     second = slow("gw2", database_url=pg_url)
