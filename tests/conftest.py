@@ -38,6 +38,15 @@ def engine():
                     f'`eval "$(bash .ci/docker-services.sh --env)"`', pytrace=False)
 
 
+def build_example(engine, name: str, tag: str) -> None:
+    """`cogkit build` of examples/models/NAME as TAG on the test engine; a failure fails the test with the build's tail."""
+    from cogkit.build import builder
+    lines: list[str] = []
+    try:
+        builder.build(EXAMPLES / name, tag, prefix=os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/",
+                      progress=lines.append, client=engine)
+    except builder.BuildError as e:
+        pytest.fail(f"building {name} failed: {e}\n" + "\n".join(lines[-20:]), pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,6 @@ stderr, the container in the engine, /health-check), never by sleeping."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -19,11 +18,10 @@ from pathlib import Path
 import docker.errors
 import httpx
 import pytest
-from conftest import EXAMPLES, free_port
+from conftest import build_example, free_port
 
 from cogkit.build import builder, container
 
-PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 COGKIT = [sys.executable, "-m", "cogkit.cli"]
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,11 +38,7 @@ def engine():
 @pytest.fixture(scope="module")
 def hello_image(engine) -> Iterator[str]:
     tag = f"cogkit-test/interrupts:{uuid.uuid4().hex[:8]}"
-    lines: list[str] = []
-    try:
-        builder.build(EXAMPLES / "hello-world", tag, prefix=PREFIX, progress=lines.append, client=engine)
-    except builder.BuildError as e:
-        pytest.fail(f"building hello-world failed: {e}\n" + "\n".join(lines[-20:]), pytrace=False)
+    build_example(engine, "hello-world", tag)
     yield tag
     with contextlib.suppress(docker.errors.APIError):  # a leftover test image is harmless
         engine.remove_image(tag, force=True)

@@ -15,16 +15,15 @@ import pytest
 
 pytest.importorskip("ray", reason="ray[default] is not installed (pip install -e '.[test]')")
 
-from cogkit.build import builder, registry  # noqa: E402
+from cogkit.build import registry  # noqa: E402
 from scheduler.runtimes.base import LABEL_NODE, LABEL_PLATFORM  # noqa: E402
-from tests.conftest import EXAMPLES  # noqa: E402
+from tests.conftest import build_example  # noqa: E402
 from tests.net import until
 from tests.ray_support import RayCluster, ray_cluster_of, simulated_gpus  # noqa: E402
 
 NODES = ("ra", "rb")
 RUN_ID = uuid.uuid4().hex[:8]
 NAMESPACE = f"h9ray-{RUN_ID}"
-PREFIX = os.environ.get("COGKIT_BASE_IMAGE_PREFIX") or "cogkit-base/"
 REGISTRY = os.environ.get("COGKIT_TEST_REGISTRY") or "127.0.0.1:5050"
 
 
@@ -36,14 +35,10 @@ def docker_cluster(engine) -> Iterator[RayCluster]:
 
 def test_the_platform_runs_replicas_on_ray_and_routes_model_strings_to_them(engine, docker_cluster, gateway) -> None:
     ref = f"{REGISTRY}/{NAMESPACE}/hello-world:v1"
-    lines: list[str] = []
-    try:
-        builder.build(EXAMPLES / "hello-world", ref, prefix=PREFIX, progress=lines.append, client=engine)
-    except builder.BuildError as e:
-        pytest.fail(f"building hello-world failed: {e}\n" + "\n".join(lines[-20:]), pytrace=False)
+    build_example(engine, "hello-world", ref)
     instance = f"h9ray-{RUN_ID}"
     try:
-        digest = registry.push(ref, progress=lines.append, client=engine)
+        digest = registry.push(ref, progress=lambda _line: None, client=engine)
         openapi, cog_config = registry.image_metadata(ref, engine)
         gw = gateway({"platform": {"ray_address": docker_cluster.address, "instance": instance, "interval": 0.3}})
         key = gw.new_key(f"t{RUN_ID}")
