@@ -12,7 +12,10 @@ Prints TTFT p50/p99, inter-token latency (ITL p50/p99), output tokens/s for each
 runs), and the ratios; and the CPU each process spent per output token (from /proc), which does not
 depend on what else the machine runs: on a machine where the gateway and vLLM share a few cores,
 every millisecond of the gateway's CPU is one vLLM did not get, and that, not a wait, is what
-separates the two tokens/s figures there. Aim: through the gateway >= 98 % of direct tokens/s and
+separates the two tokens/s figures there. So by default the engine's compute gets a core of its
+own, as it gets the GPU on a GPU host: vLLM's worker is bound to core 0 (VLLM_CPU_OMP_THREADS_BIND)
+and the gateway and the benchmark client to the other cores (`--share-cores` leaves all of them
+unpinned, and shows what sharing costs). Aim: through the gateway >= 98 % of direct tokens/s and
 <= 1 ms more TTFT p50. Then the cold start, split into vLLM's own startup (its process started ->
 its /health answers) and the gateway's part (the request -> the process started, /health -> the
 first token). Compare figures within one run, never across machines.
@@ -97,6 +100,22 @@ def cpu_seconds(pid: int, children: bool) -> float:
     return total
 
 
+ENGINE_CORE = 0          # the core vLLM's worker is bound to, unless --share-cores
+
+
+def other_cores() -> set[int]:
+    return set(os.sched_getaffinity(0)) - {ENGINE_CORE}
+
+
+def pin_process(pid: int, cores: set[int]) -> None:
+    """Every thread of `pid` to `cores` (threads it starts later inherit it); its children are left."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def bench(base_url: str, model: str, tokenizer: Path, args: argparse.Namespace, out: Path, key: str = "") -> dict:
     """One `vllm bench serve` run; its saved result (JSON)."""
     name = f"{uuid.uuid4().hex[:6]}.json"
@@ -109,7 +128,8 @@ def bench(base_url: str, model: str, tokenizer: Path, args: argparse.Namespace, 
             "--save-result", "--result-dir", str(out), "--result-filename", name,
             "--header", "x-cogkit-sse=data-only"]          # its SSE reader takes every line for data: no id lines
     env = {**os.environ, "OPENAI_API_KEY": key} if key else {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    pin = None if args.share_cores else (lambda: os.sched_setaffinity(0, other_cores()))
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, preexec_fn=pin)
     if done.returncode != 0:
         raise SystemExit(f"vllm bench serve failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     result: dict = json.loads((out / name).read_text())
@@ -186,12 +206,17 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="gateway runs (direct runs: one more)")
     parser.add_argument("--skip-cold-start", action="store_true")
+    parser.add_argument("--share-cores", action="store_true",
+                        help="leave vLLM's worker, the gateway and the client unpinned, all on the same cores")
     args = parser.parse_args()
+    if not args.share_cores and len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("pinning the engine to a core of its own needs two cores (or pass --share-cores)")
     missing = vllm_missing()
     if missing:
         raise SystemExit(f"needs {missing}")
     model = tiny_llama()
-    deployment = {"model": str(model), "args": VLLM_ARGS, "env": VLLM_ENV}
+    env = VLLM_ENV if args.share_cores else {**VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": str(ENGINE_CORE)}
+    deployment = {"model": str(model), "args": VLLM_ARGS, "env": env}
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:
         process_dir = Path(tmp) / "processes"
         config = {"state_dir": f"{tmp}/state", "timeouts": {"total": 900},
@@ -209,6 +234,10 @@ def main() -> None:
             out.mkdir()
             replica = next(r for r in replicas(process_dir) if r["url"] == url)
             pids = {"gateway": gw.proc.pid, "vllm": replica["pid"]}
+            if not args.share_cores:
+                pin_process(gw.proc.pid, other_cores())
+                print(f"vLLM's worker on core {ENGINE_CORE}; the gateway and the client on cores "
+                      f"{sorted(other_cores())}", flush=True)
             direct, through = run_in_turns(url, gw, key, model, args, out, pids)
             rows = [("TTFT p50 (ms)", "p50_ttft_ms"), ("TTFT p99 (ms)", "p99_ttft_ms"),
                     ("ITL p50 (ms)", "p50_itl_ms"), ("ITL p99 (ms)", "p99_itl_ms"),

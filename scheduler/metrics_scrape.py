@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -49,11 +49,18 @@ def parse(text: str, read_at: float | None = None) -> EngineLoad:
 
 
 class Scraper:
-    """Scrapes every url `urls()` names, every `interval` seconds, into `loads` (url -> EngineLoad)."""
+    """Scrapes the replicas `urls()` names into `loads` (url -> EngineLoad): every `interval` seconds
+    those whose figures routing reads (True: their deployment has several replicas to choose from),
+    every `quiet_interval` the others (one replica: nothing to choose, the figures are only exported).
+    Why not all at the fast pace: vLLM renders /metrics on its API server's event loop (about 600
+    lines, ~10 ms of its CPU each time on the tiny CPU model), so every scrape delays the tokens it
+    is streaming; a lone replica should not pay that twice a second for no routing decision."""
 
-    def __init__(self, urls: Callable[[], Iterable[str]], interval: float = 0.5, timeout: float = 1.0,
-                 on_scrape: Callable[[dict[str, EngineLoad]], None] | None = None) -> None:
+    def __init__(self, urls: Callable[[], Mapping[str, bool]], interval: float = 0.5, timeout: float = 1.0,
+                 on_scrape: Callable[[dict[str, EngineLoad]], None] | None = None,
+                 quiet_interval: float = 10.0) -> None:
         self.urls, self.interval, self.on_scrape = urls, interval, on_scrape
+        self.quiet_interval = quiet_interval
         self.loads: dict[str, EngineLoad] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
         self._task: asyncio.Task[None] | None = None
@@ -62,10 +69,16 @@ class Scraper:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def scrape_once(self) -> None:
-        urls = list(dict.fromkeys(self.urls()))
-        answers = await asyncio.gather(*(self._scrape(u) for u in urls))
-        self.loads = {u: load for u, load in zip(urls, answers, strict=True) if load is not None}
+    async def scrape_once(self, everything: bool = True) -> None:
+        """One pass: the routed replicas, and the quiet ones whose figures are older than quiet_interval
+        (all of them with everything=True)."""
+        wanted = self.urls()
+        now = time.monotonic()
+        due = [u for u, routed in wanted.items() if routed or everything or u not in self.loads
+               or now - self.loads[u].read_at >= self.quiet_interval]
+        answers = await asyncio.gather(*(self._scrape(u) for u in due))
+        kept = {u: self.loads[u] for u in wanted if u in self.loads and u not in due}   # not due yet
+        self.loads = {**kept, **{u: load for u, load in zip(due, answers, strict=True) if load is not None}}
         if self.on_scrape is not None:
             self.on_scrape(self.loads)
 
@@ -79,7 +92,7 @@ class Scraper:
     async def _run(self) -> None:
         while True:
             try:
-                await self.scrape_once()
+                await self.scrape_once(everything=False)
             except asyncio.CancelledError:
                 raise
             except Exception:      # a failed pass is logged; routing keeps the last figures

@@ -165,3 +165,49 @@ def test_router_takes_the_least_loaded_unless_a_prefix_is_held_within_slack() ->
     loads["http://a"] = EngineLoad(running=20, waiting=3)
     assert router.chooser(key)([a, b]) is b                        # too loaded: the least loaded instead
     assert EngineRouter(lambda: loads, affinity=False).chooser(key)([a, b]) is b
+
+
+def test_scraper_reads_routed_replicas_every_pass_and_a_lone_one_only_now_and_then() -> None:
+    """A replica with no routing choice (alone in its deployment) is scraped at the quiet pace only,
+    since each scrape costs its engine's API server; one that routing reads, on every pass."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from scheduler.metrics_scrape import Scraper
+    hits: dict[int, int] = {}
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            port = self.server.server_address[1]
+            hits[port] = hits.get(port, 0) + 1
+            body = VLLM_METRICS.encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Metrics) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    routed, lone = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+    try:
+        async def go() -> None:
+            scraper = Scraper(lambda: {routed: True, lone: False}, quiet_interval=3600)
+            try:
+                for _ in range(5):
+                    await scraper.scrape_once(everything=False)
+                assert set(scraper.loads) == {routed, lone} and scraper.loads[lone].running == 3.0
+                assert [hits[s.server_address[1]] for s in servers] == [5, 1]
+                await scraper.scrape_once()               # everything: the lone one too
+                assert hits[servers[1].server_address[1]] == 2
+            finally:
+                await scraper.aclose()
+        asyncio.run(go())
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()

@@ -63,12 +63,17 @@ class VllmProvider(Provider):
         await super().aclose()
 
     # ---- routing: the least loaded replica by its engine's figures, or the one holding the prefix ----
-    def _replica_urls(self) -> list[str]:
+    def _replica_urls(self) -> dict[str, bool]:
+        """Each replica's url, and whether routing reads its figures (its deployment has a choice)."""
         controller = self.platform.controller
         if controller is None:
-            return []
-        return [r.url for name in self.routers if name in controller.states
-                for r in controller.states[name].replicas.replicas.values() if not r.draining]
+            return {}
+        out: dict[str, bool] = {}
+        for name in self.routers:
+            state = controller.states.get(name)
+            live = [r.url for r in state.replicas.replicas.values() if not r.draining] if state else []
+            out.update(dict.fromkeys(live, len(live) > 1))
+        return out
 
     def _export(self, loads: dict[str, EngineLoad]) -> None:
         controller = self.platform.controller
