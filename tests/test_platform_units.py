@@ -244,3 +244,35 @@ def test_registration_api_follows_the_push_contract(gateway) -> None:  # noqa: F
         assert c.patch("/v1/models/acme/hello", json={"visibility": "public"}).status_code == 200
     with gw.http(other) as c:
         assert c.get("/v1/models/acme/hello").json()["visibility"] == "public"
+
+
+def test_finished_predictions_leave_memory_only_once_stored_and_past_the_cap(store_url, monkeypatch) -> None:  # noqa: F811
+    """The runner keeps at most MEMORY_MAX_ENDED finished predictions in memory; one leaves only
+    after its final state is in the store, so a reader always finds it, here or there."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from server.platform import predictions as mod
+    from server.store import Store
+    monkeypatch.setattr(mod, "MEMORY_MAX_ENDED", 5)
+    store = Store(store_url)
+    writer, hold = ThreadPoolExecutor(1), threading.Event()
+    writer.submit(hold.wait)                      # the writer thread is busy: no save has run yet
+    runner = mod.PredictionRunner(SimpleNamespace(store=store), None, lambda fn, *a: writer.submit(fn, *a))
+    ids = []
+    for i in range(12):
+        p = mod.Prediction(f"p{i}", "t1", "acme/m", "v1", "acme/m", {"i": i}, status="succeeded", output=f"out {i}")
+        runner.live[p.id] = p
+        runner._ended(p)
+        ids.append(p.id)
+    assert len(runner.live) == 12                 # none saved yet: all stay
+    hold.set()
+    writer.shutdown(wait=True)
+    runner._forget_old()
+    assert sorted(runner.live) == sorted(ids[-5:])
+    for i, pid in enumerate(ids):                 # the evicted ones from the store, the rest from memory
+        got = runner.get(pid, "t1")
+        assert got is not None and (got.status, got.output) == ("succeeded", f"out {i}"), pid
+    assert runner.get("p0", "another-tenant") is None
+    store.close()

@@ -15,6 +15,7 @@ import logging
 import mimetypes
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 WEBHOOK_INTERVAL = 0.5       # seconds between output/logs webhooks of one prediction (as Replicate)
 MEMORY_RETENTION = 600.0     # seconds a finished prediction stays in memory (then: the store)
+MEMORY_MAX_ENDED = 1000      # and at most this many of them (a busy platform ends thousands a minute)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -63,6 +65,7 @@ class Prediction:
     replica_url: str | None = None
     task: asyncio.Task[None] | None = None
     ended_at: float | None = None
+    saved: bool = False          # its final state is in the store: it may leave memory
 
     def view(self, base_url: str) -> dict[str, Any]:
         urls = {"get": f"{base_url}/v1/predictions/{self.id}", "cancel": f"{base_url}/v1/predictions/{self.id}/cancel"}
@@ -134,6 +137,7 @@ class PredictionRunner:
     def __init__(self, platform: Any, files: Files, write: Callable[..., Any]) -> None:
         self.platform, self.files, self.write = platform, files, write
         self.live: dict[str, Prediction] = {}
+        self.ended: OrderedDict[str, Prediction] = OrderedDict()     # of `live`, the finished, oldest first
         self.http = httpx.AsyncClient(timeout=10)
 
     async def aclose(self) -> None:
@@ -149,9 +153,22 @@ class PredictionRunner:
         p.task = asyncio.create_task(self._run(p, base_url, on_end))
 
     def _forget_old(self) -> None:
+        """Finished predictions leave memory past MEMORY_RETENTION or MEMORY_MAX_ENDED, oldest first, but
+        only once their final state is in the store (readers then find it there): nothing is lost."""
         now = time.monotonic()
-        for pid in [pid for pid, p in self.live.items() if p.ended_at and now - p.ended_at > MEMORY_RETENTION]:
-            del self.live[pid]
+        while self.ended:
+            oldest = next(iter(self.ended.values()))
+            expired = oldest.ended_at is not None and now - oldest.ended_at > MEMORY_RETENTION
+            if not oldest.saved or not (expired or len(self.ended) > MEMORY_MAX_ENDED):
+                return
+            del self.ended[oldest.id]
+            self.live.pop(oldest.id, None)
+
+    def _ended(self, p: Prediction) -> None:
+        p.ended_at = time.monotonic()
+        self.write(self._save_final, p)
+        self.ended[p.id] = p
+        self._forget_old()
 
     async def _run(self, p: Prediction, base_url: str, on_end: Callable[[Prediction], None]) -> None:
         hooks = _Webhooks(self.http, p, base_url) if p.webhook else None
@@ -187,11 +204,10 @@ class PredictionRunner:
             if p.status not in TERMINAL:
                 p.status, p.error = "failed", p.error or "the prediction ended without a result"
             p.completed_at = p.completed_at or utcnow()
-            p.ended_at = time.monotonic()
             if p.status == "failed":
                 p.emit("error", json.dumps({"detail": p.error}))
             p.emit("done", json.dumps({"reason": "canceled"} if p.status == "canceled" else {}))
-            self.write(self._save, p)
+            self._ended(p)
             on_end(p)
             if hooks:
                 hooks.send("completed")
@@ -252,6 +268,10 @@ class PredictionRunner:
         with store.begin() as conn:
             conn.execute(store.insert(predictions).values(id=p.id, **values)
                          .on_conflict_do_update(index_elements=["id"], set_=values))
+
+    def _save_final(self, p: Prediction) -> None:
+        self._save(p)
+        p.saved = True           # (on the writer thread; read on the event loop: a plain flag)
 
     def get(self, pid: str, tenant_id: str | None) -> Prediction | None:
         p = self.live.get(pid)
