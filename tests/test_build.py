@@ -243,15 +243,6 @@ def test_engine_unreachable_says_how_to_start_one() -> None:
         builder.connect("unix:///nonexistent/docker.sock")
 
 
-@pytest.fixture(scope="session")
-def engine():
-    try:
-        return builder.connect()
-    except builder.EngineUnavailable as e:
-        pytest.fail(f"the image build tests need a Docker engine (DOCKER_HOST={os.environ.get('DOCKER_HOST')!r}): "
-                    f"{e}. Here: `{START_SERVICES}`", pytrace=False)
-
-
 @pytest.fixture
 def cleanup(engine) -> Iterator[list[str]]:
     """Image tags and container ids to remove after the test."""

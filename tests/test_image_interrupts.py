@@ -20,19 +20,10 @@ import httpx
 import pytest
 from conftest import build_example, free_port
 
-from cogkit.build import builder, container
+from cogkit.build import container
 
 COGKIT = [sys.executable, "-m", "cogkit.cli"]
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def engine():
-    try:
-        return builder.connect()
-    except builder.EngineUnavailable as e:
-        pytest.fail(f"these tests need a Docker engine: {e}; here: eval \"$(bash .ci/docker-services.sh --env)\"",
-                    pytrace=False)
 
 
 @pytest.fixture(scope="module")
