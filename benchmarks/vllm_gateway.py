@@ -13,12 +13,12 @@ runs), and the ratios; and the CPU each process spent per output token (from /pr
 depend on what else the machine runs: on a machine where the gateway and vLLM share a few cores,
 every millisecond of the gateway's CPU is one vLLM did not get, and that, not a wait, is what
 separates the two tokens/s figures there. So by default the engine's compute gets a core of its
-own, as it gets the GPU on a GPU host: vLLM's worker is bound to core 0 (VLLM_CPU_OMP_THREADS_BIND)
-and the gateway and the benchmark client to the other cores (`--share-cores` leaves all of them
-unpinned, and shows what sharing costs). Aim: through the gateway >= 98 % of direct tokens/s and
-<= 1 ms more TTFT p50. Then the cold start, split into vLLM's own startup (its process started ->
-its /health answers) and the gateway's part (the request -> the process started, /health -> the
-first token). Compare figures within one run, never across machines.
+own, as it gets the GPU on a GPU host: vLLM's processes are bound to core 0 (its worker's OpenMP
+thread by VLLM_CPU_OMP_THREADS_BIND) and the gateway and the benchmark client to the other cores
+(`--share-cores` leaves all of them unpinned, and shows what sharing costs). Aim: through the
+gateway >= 98 % of direct tokens/s and <= 1 ms more TTFT p50. Then the cold start, split into
+vLLM's own startup (its process started -> its /health answers) and the gateway's part (the
+request -> the process started, /health -> the first token). Compare figures within one run, never across machines.
 """
 from __future__ import annotations
 
@@ -107,13 +107,22 @@ def other_cores() -> set[int]:
     return set(os.sched_getaffinity(0)) - {ENGINE_CORE}
 
 
-def pin_process(pid: int, cores: set[int]) -> None:
-    """Every thread of `pid` to `cores` (threads it starts later inherit it); its children are left."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.sched_setaffinity(int(tid), cores)
-        except (ProcessLookupError, PermissionError):
-            pass
+def pin_process(pid: int, cores: set[int], children: bool = False) -> None:
+    """Every thread of `pid` (and with children=True, of its descendants) to `cores`; threads started
+    later inherit it."""
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for tid in os.listdir(f"/proc/{p}/task"):
+            try:
+                os.sched_setaffinity(int(tid), cores)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if children:
+                try:
+                    todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+                except OSError:
+                    pass
 
 
 def bench(base_url: str, model: str, tokenizer: Path, args: argparse.Namespace, out: Path, key: str = "") -> dict:
@@ -204,7 +213,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="gateway runs (direct runs: one more)")
+    parser.add_argument("--rounds", type=int, default=3, help="gateway runs (direct runs: one more)")
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--share-cores", action="store_true",
                         help="leave vLLM's worker, the gateway and the client unpinned, all on the same cores")
@@ -235,8 +244,11 @@ def main() -> None:
             replica = next(r for r in replicas(process_dir) if r["url"] == url)
             pids = {"gateway": gw.proc.pid, "vllm": replica["pid"]}
             if not args.share_cores:
+                # All of vLLM on its core: its engine and worker processes poll each other with
+                # sched_yield for a second after each message, so wherever they may run they fill a core.
+                pin_process(replica["pid"], {ENGINE_CORE}, children=True)
                 pin_process(gw.proc.pid, other_cores())
-                print(f"vLLM's worker on core {ENGINE_CORE}; the gateway and the client on cores "
+                print(f"vLLM (server, engine, worker) on core {ENGINE_CORE}; the gateway and the client on cores "
                       f"{sorted(other_cores())}", flush=True)
             direct, through = run_in_turns(url, gw, key, model, args, out, pids)
             rows = [("TTFT p50 (ms)", "p50_ttft_ms"), ("TTFT p99 (ms)", "p99_ttft_ms"),

@@ -87,7 +87,7 @@ def test_vllm_sleep_mode_is_the_fastest_rung(tmp_path: Path) -> None:
         http = httpx.AsyncClient(timeout=60)
         try:
             replicas = controller.replica_set("st/tiny")
-            lease = await replicas.acquire(timeout=600)        # a cold start: nothing was running
+            lease = await replicas.acquire(timeout=300)        # a cold start: nothing was running
             replica_id, url = lease.replica.id, lease.replica.url
             first = await chat(http, url)
             replicas.release(lease)
