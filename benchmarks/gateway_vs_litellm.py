@@ -2,7 +2,8 @@
 gateway, and through LiteLLM's proxy (all pointing at that one fake), at 1, 16 and 256
 concurrent streams: requests/s, added latency p50/p99, added time to first token, CPU ms per
 request of the process in the path (from its own CPU time: the fake for direct, the gateway, the
-proxy), and the gateway's RSS before and after a soak (--soak seconds, default 5 minutes).
+proxy), and the gateway's RSS over a soak (--soak seconds, default 5 minutes): at each quarter,
+and the growth over its second half, which is about zero when memory is bounded.
 Everything listens on 127.0.0.1; every loop is bounded.
 
     python benchmarks/gateway_vs_litellm.py                     # LiteLLM if it can be found
@@ -36,6 +37,7 @@ from tests.fakes import start_fake  # noqa: E402
 from tests.net import free_port  # noqa: E402
 
 LITELLM_KEY = "sk-bench-master-key"
+SOAK_STREAMS = 64
 PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
 
 
@@ -213,9 +215,11 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int,
             "ttft50": pick(ttft, 0.5), "ttft99": pick(ttft, 0.99), "errors": errors, "n": len(results)}
 
 
-async def soak(base: str, key: str, model: str, concurrency: int, seconds: float, pid: int) -> list[tuple[float, float]]:
-    """`concurrency` streams back to back for `seconds`; the process's RSS (MiB) sampled along the way."""
+async def soak(base: str, key: str, model: str, concurrency: int, seconds: float, pid: int) -> dict:
+    """`concurrency` streams back to back for `seconds`: the process's RSS (MiB) sampled along the way
+    (every `seconds`/20), and how many requests went through or failed."""
     samples: list[tuple[float, float]] = []
+    done = {"ok": 0, "errors": 0}
     stop = time.monotonic() + seconds
     url, body, headers = target_args(base, key, model)
     session = session_for(concurrency)
@@ -223,21 +227,41 @@ async def soak(base: str, key: str, model: str, concurrency: int, seconds: float
     async def worker() -> None:
         while time.monotonic() < stop:
             try:
-                await one(session, url, body, headers)
+                r = await one(session, url, body, headers)
             except (aiohttp.ClientError, TimeoutError):
-                pass
+                r = None
+            done["ok" if r is not None else "errors"] += 1
 
     async def sampler() -> None:
         start = time.monotonic()
         while time.monotonic() < stop:
             samples.append((time.monotonic() - start, rss_mb(pid)))
-            await asyncio.sleep(max(1.0, seconds / 10))
+            await asyncio.sleep(min(max(1.0, seconds / 20), max(0.0, stop - time.monotonic())))
         samples.append((time.monotonic() - start, rss_mb(pid)))
     try:
         await asyncio.gather(sampler(), *(worker() for _ in range(concurrency)))
     finally:
         await session.close()
-    return samples
+    return {"samples": samples, **done}
+
+
+def rss_at(samples: list[tuple[float, float]], t: float) -> float:
+    """The RSS sample taken nearest to `t` seconds into the soak."""
+    return min(samples, key=lambda s: abs(s[0] - t))[1]
+
+
+def print_soak(result: dict, seconds: float, concurrency: int) -> None:
+    """RSS at each quarter of the soak and the growth of each half: flat means the second half grows
+    by about nothing (the first half includes warming up: caches, pools and allocator arenas filling)."""
+    samples = result["samples"]
+    marks = [rss_at(samples, seconds * q / 4) for q in range(5)]
+    print(f"soak, {concurrency} streams for {seconds:g} s ({result['ok']} requests, {result['errors']} errors): "
+          "RSS at 0, 1/4, 1/2, 3/4, end: " + " / ".join(f"{m:.1f}" for m in marks) + " MiB")
+    print(f"soak RSS before/after: {marks[0]:.1f} / {marks[4]:.1f} MiB ({marks[4] - marks[0]:+.1f} MiB)")
+    second = marks[4] - marks[2]
+    print(f"soak RSS growth: first half {marks[2] - marks[0]:+.1f} MiB, second half {second:+.1f} MiB "
+          f"({second / max(seconds / 2, 1e-9) * 60:+.2f} MiB/min), peak {max(m for _t, m in samples):.1f} MiB")
+    print("soak RSS samples: " + ", ".join(f"{t:.0f}s {m:.1f}" for t, m in samples))
 
 
 def main() -> None:
@@ -249,7 +273,7 @@ def main() -> None:
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--only", default="", help="targets to run, comma separated (direct,cogkit,litellm)")
     ap.add_argument("--soak", type=float, default=300.0,
-                    help="seconds of the gateway soak at 64 streams, RSS sampled (0: none)")
+                    help=f"seconds of the gateway soak at {SOAK_STREAMS} streams, RSS sampled (0: none)")
     ap.add_argument("--gateway-python", default=sys.executable,
                     help="the Python that runs the gateway (e.g. a venv with uvicorn[standard]: uvloop, httptools)")
     args = ap.parse_args()
@@ -285,7 +309,7 @@ def main() -> None:
                       f"p99 {r['p99']:7.2f} ms  ttft50 {r['ttft50']:7.2f} ms  cpu {r['cpu_ms']:6.2f} ms/req  "
                       f"errors {r['errors']}", file=sys.stderr, flush=True)
         rss_after_levels = rss_mb(gw_proc.pid)
-        samples = asyncio.run(soak(gw_url, gw_key, "m", 64, args.soak, gw_proc.pid)) if args.soak > 0 else []
+        soaked = asyncio.run(soak(gw_url, gw_key, "m", SOAK_STREAMS, args.soak, gw_proc.pid)) if args.soak > 0 else None
         print(f"\nStreaming chat completions, {len(PROMPT.split()) + 2} chunks each, fake upstream "
               f"token delay {args.token_delay * 1000:g} ms, {os.cpu_count()} CPUs (shared with other work: "
               "CPU ms per request is the figure contention moves least)\n")
@@ -311,11 +335,8 @@ def main() -> None:
         fast = subprocess.run([args.gateway_python, "-c", "import uvloop, httptools"], capture_output=True).returncode == 0
         print(f"\ncogkit gateway RSS: {rss_start:.1f} MiB at start, {rss_after_levels:.1f} MiB after the levels "
               f"(event loop: {'uvloop + httptools' if fast else 'asyncio + h11'})")
-        if samples:
-            print(f"soak, 64 streams for {args.soak:g} s: RSS " +
-                  ", ".join(f"{t:.0f}s {m:.1f}" for t, m in samples) + " MiB")
-            first, last = samples[0][1], samples[-1][1]
-            print(f"soak RSS before/after: {first:.1f} / {last:.1f} MiB ({last - first:+.1f} MiB)")
+        if soaked is not None:
+            print_soak(soaked, args.soak, SOAK_STREAMS)
         if ll_proc is not None:
             print(f"litellm proxy RSS after the run: {rss_mb(ll_proc.pid):.1f} MiB")
     finally:

@@ -2,7 +2,6 @@
 pass before any upstream is asked; the refusals (401, 429, 402) come back in the caller's format."""
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,11 +18,12 @@ DEFAULT_MAX_OUTPUT = 1024     # output tokens assumed for a credit reservation w
 UNLIMITED_TTL = 1.0           # seconds a tenant seen without a credit balance skips the reservation round trip
 
 Write = Callable[..., Awaitable[Any]]     # runs a function in the gateway's store-writer thread
+Read = Callable[..., Awaitable[Any]]      # runs a function in one of its store-reader threads
 
 
 class Admission:
-    def __init__(self, auth: Auth, ledger: Ledger, write: Write) -> None:
-        self.auth, self.ledger, self.write = auth, ledger, write
+    def __init__(self, auth: Auth, ledger: Ledger, write: Write, read: Read) -> None:
+        self.auth, self.ledger, self.write, self.read = auth, ledger, write, read
         self._unlimited: dict[str, float] = {}               # tenant -> until when it is known unlimited
 
     async def authenticate(self, request: Request) -> KeyInfo:
@@ -33,7 +33,8 @@ class Admission:
         if info is not None:
             request.state.key = info
             return info
-        return await asyncio.to_thread(require_key, request)   # raises 401 in the caller's format
+        found: KeyInfo = await self.read(require_key, request)   # raises 401 in the caller's format
+        return found
 
     async def admit(self, call: Call, key: KeyInfo, payload: dict) -> None:
         """Rate limit and credit reservation, off the event loop (raise RateLimited / InsufficientCredits)."""

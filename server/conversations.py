@@ -17,8 +17,10 @@ Write = Callable[..., Awaitable[Any]]
 
 
 class Conversations:
-    def __init__(self, repo: Any, write: Write, retention: float, retry_after: float = 0.2) -> None:
+    def __init__(self, repo: Any, write: Write, retention: float, retry_after: float = 0.2,
+                 read: Write = asyncio.to_thread) -> None:
         self.repo, self.write, self.retention, self.retry_after = repo, write, retention, retry_after
+        self.read = read                  # the gateway's store readers (default: asyncio's pool)
         self._purger: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
         self._writes: set[asyncio.Future[Any]] = set()
@@ -36,10 +38,10 @@ class Conversations:
         hit = self._recent.get(response_id)
         if hit is not None:
             return hit[1] if hit[0] == tenant_id else None
-        found: list[dict[str, Any]] | None = await asyncio.to_thread(self.repo.get, response_id, tenant_id)
+        found: list[dict[str, Any]] | None = await self.read(self.repo.get, response_id, tenant_id)
         if found is None:       # perhaps its replica's write has not landed yet
             await asyncio.sleep(self.retry_after)
-            found = await asyncio.to_thread(self.repo.get, response_id, tenant_id)
+            found = await self.read(self.repo.get, response_id, tenant_id)
         return found
 
     def start(self) -> None:

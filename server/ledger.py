@@ -27,7 +27,7 @@ from sqlalchemy import case, delete, func, select, text, update
 
 from .auth import KeyInfo
 from .status import FINAL, OK, Status
-from .store import Store
+from .store import Store, pow2_batches
 from .store.tables import credits, rate_counters, tenants, usage, utcnow
 
 STATUSES = FINAL        # what a usage row may say (server/status.py)
@@ -310,7 +310,10 @@ class Ledger:
         # RETURNING, not rowcount (see auth.create_tenant): the rows a conflict skipped don't come back.
         stmt = (self.store.insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
                 .returning(usage.c.request_id))
-        return set(conn.execute(stmt, rows).scalars())
+        new: set[str] = set()
+        for batch in pow2_batches(rows):     # one multi-row INSERT per batch: few sizes, a bounded cache
+            new.update(conn.execute(stmt, list(batch)).scalars())
+        return new
 
     def spend(self, tenant_id: str, group_by: str = "model", start: datetime | None = None,
               end: datetime | None = None) -> list[dict]:

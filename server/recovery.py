@@ -144,8 +144,10 @@ def ending(fmt: str, decoded: list[tuple[str | None, Any]], text: str, n: int) -
 
 # ---------------------------------------------------------------- settling
 class Recovery:
-    def __init__(self, repo: Any, ledger: Ledger, cfg: StreamsConfig, write: Write, log: logging.Logger) -> None:
+    def __init__(self, repo: Any, ledger: Ledger, cfg: StreamsConfig, write: Write, log: logging.Logger,
+                 read: Write = asyncio.to_thread) -> None:
         self.repo, self.ledger, self.cfg, self.write, self.log = repo, ledger, cfg, write, log
+        self.read = read                  # the gateway's store readers (default: asyncio's pool)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -165,7 +167,7 @@ class Recovery:
             await asyncio.sleep(self.cfg.lease / 2)
 
     async def settle_orphans(self) -> int:
-        orphans = await asyncio.to_thread(self.repo.orphaned, self.cfg.lease)
+        orphans = await self.read(self.repo.orphaned, self.cfg.lease)
         for info in orphans:
             await self.write(self.settle, info)
         return len(orphans)

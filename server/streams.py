@@ -132,9 +132,10 @@ class Buffer:
 
 class Streams:
     def __init__(self, cfg: StreamsConfig, repo: Any, metrics: Metrics, logger: logging.Logger,
-                 writer: Executor | None = None) -> None:
+                 writer: Executor | None = None, reader: Executor | None = None) -> None:
         self.cfg, self.repo, self.metrics, self.log = cfg, repo, metrics, logger
-        self.writer = writer              # the executor for store writes (reads use the default one)
+        self.writer = writer              # the executor for store writes
+        self.reader = reader              # and for reads (None: asyncio's default pool)
         self.live: dict[str, Buffer] = {}
         self.pending: dict[str, Buffer] = {}    # running, or not yet all in the store: what the loops look at
         # Finished and in the store, oldest first: kept for a fast resume from this replica for
@@ -259,10 +260,10 @@ class Streams:
             return "local", buf
         if id in self.live or self.repo is None:
             return None                 # another tenant's: the same answer as a stream that doesn't exist
-        info = await asyncio.to_thread(self.repo.get, id)
+        info = await self._read_call(self.repo.get, id)
         if info is None:   # perhaps so new that its owner has not flushed it yet
             await asyncio.sleep(self.cfg.flush_interval * 2)
-            info = await asyncio.to_thread(self.repo.get, id)
+            info = await self._read_call(self.repo.get, id)
         if info is None or info.tenant_id != tenant_id:
             return None
         return "store", info
@@ -271,8 +272,8 @@ class Streams:
         """A stream another process is (or was) pumping: what is stored, then poll for more."""
         i, last_new = start, time.monotonic()
         while True:
-            info = await asyncio.to_thread(self.repo.get, id)
-            events = await asyncio.to_thread(self.repo.read, id, i)
+            info = await self._read_call(self.repo.get, id)
+            events = await self._read_call(self.repo.read, id, i)
             if events:
                 i += len(events)
                 last_new = time.monotonic()
@@ -282,7 +283,7 @@ class Streams:
                 if isinstance(survived, int) and start > survived and i == start:
                     # Settled after a crash, and this client had more than survived: it gets the
                     # in-band ending, which says how many events survived (server/recovery.py).
-                    yield b"".join(await asyncio.to_thread(self.repo.read, id, survived))
+                    yield b"".join(await self._read_call(self.repo.read, id, survived))
                 return
             if time.monotonic() - last_new > max_wait:     # its owner died without finishing it
                 return
@@ -306,6 +307,9 @@ class Streams:
     # ---- background work ----
     async def _write_call(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+
+    async def _read_call(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.reader, fn, *args)
 
     async def _flusher(self) -> None:
         while True:
@@ -357,8 +361,7 @@ class Streams:
             return
         self._cancel_checked = now
         running = [b.id for b in self.pending.values() if b.created and not b.done and b.task]
-        loop = asyncio.get_running_loop()
-        for id in await loop.run_in_executor(None, self.repo.canceled, running) if running else ():
+        for id in await self._read_call(self.repo.canceled, running) if running else ():
             buf = self.live.get(id)
             if buf is not None and buf.task and not buf.done:
                 log_event(self.log, "stream canceled by another replica", stream_id=id)

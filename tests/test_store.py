@@ -8,9 +8,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import event, inspect, select, text, update
 
-from server.store import Store, normalize_url
+from server.ledger import Ledger, UsageRecord
+from server.store import Store, in_list, normalize_url, pow2_batches
 from server.store.migrations import LATEST, MIGRATIONS
 from server.store.streams import StreamRepo
 from server.store.tables import streams, tenants
@@ -181,3 +182,45 @@ def test_stream_purge(store: Store) -> None:
     assert repo.get(old_done) is None and repo.get(old_open) is None
     assert repo.read(old_done, 0) == [] and repo.read(old_open, 0) == []
     assert repo.get(fresh) is not None and repo.read(fresh, 0) == [b"x"]
+
+
+def test_batch_and_in_list_pieces() -> None:
+    for n in (0, 1, 2, 3, 45, 64, 65, 300):
+        pieces = list(pow2_batches(list(range(n))))
+        assert [x for p in pieces for x in p] == list(range(n))
+        assert all(len(p) & (len(p) - 1) == 0 and len(p) <= 64 for p in pieces)
+    for n in (1, 3, 5, 64, 65, 600):
+        pieces = list(in_list(list(range(n))))
+        assert {x for p in pieces for x in p} == set(range(n))
+        assert all(len(p) & (len(p) - 1) == 0 and len(p) <= 512 for p in pieces)
+
+
+def test_batched_statements_keep_few_shapes(store: Store) -> None:
+    """Every distinct statement text costs a slot in each connection's statement cache (pysqlite's,
+    counted not sized) or a prepared plan (PostgreSQL): billing batches and IN lists of every size
+    from 1 to 80 must come out as a few shapes, and still record, find and touch every row."""
+    texts: dict[str, set[str]] = {"usage": set(), "in": set()}
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def seen(_conn, _cursor, statement, _params, _context, _many) -> None:
+        if statement.startswith("INSERT INTO usage"):
+            texts["usage"].add(statement)
+        elif " IN (" in statement and "streams" in statement:
+            texts["in"].add(statement)
+
+    ledger, repo = Ledger(store), StreamRepo(store)
+    tid = f"t-{uuid.uuid4().hex[:10]}"
+    with store.begin() as conn:
+        conn.execute(tenants.insert().values(id=tid, name=tid, created_at=datetime.now(timezone.utc)))
+    ids = [f"s-{uuid.uuid4().hex}" for _ in range(80)]
+    for sid in ids:
+        repo.create(sid, tid, "openai")
+    repo.finish(ids[7], "canceled")
+    for n in range(1, 81):
+        recs = [UsageRecord(request_id=f"req-{uuid.uuid4().hex}", tenant_id=tid, model="m") for _ in range(n)]
+        assert ledger.bill_many([(None, r) for r in recs]) == {r.request_id for r in recs}
+        assert repo.canceled(ids[:n]) == ({ids[7]} if n > 7 else set())
+        repo.touch(ids[:n])
+    assert len(texts["usage"]) <= 7, len(texts["usage"])        # 1, 2, 4, ... 64 rows
+    assert len(texts["in"]) <= 2 * 8, len(texts["in"])          # canceled and touch: 1, 2, 4, ... 128 values
+    assert len(ledger.requests(tid, 10_000)) == 80 * 81 // 2

@@ -11,7 +11,7 @@ never change once made), so chunks never overlap and nothing is stored twice.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, or_, select, update
 
 from ..status import CANCELED, RUNNING
-from . import Store
+from . import Store, in_list
 from .tables import stream_chunks, streams, utcnow
 
 
@@ -77,7 +77,7 @@ class StreamRepo:
             for id, status in finished:
                 by_status.setdefault(status, []).append(id)
             for status, ids in by_status.items():
-                for chunk in _chunks(ids):
+                for chunk in in_list(ids):
                     conn.execute(update(streams).where(streams.c.id.in_(chunk))
                                  .values(status=status, finished_at=now, updated_at=now))
 
@@ -110,8 +110,8 @@ class StreamRepo:
         if not ids:
             return set()
         with self.store.engine.connect() as conn:
-            rows = conn.execute(select(streams.c.id).where(streams.c.id.in_(ids), streams.c.status == CANCELED))
-            return {row[0] for row in rows}
+            return {row[0] for chunk in in_list(ids) for row in conn.execute(
+                select(streams.c.id).where(streams.c.id.in_(chunk), streams.c.status == CANCELED))}
 
     def get(self, id: str) -> StreamInfo | None:
         with self.store.engine.connect() as conn:
@@ -150,7 +150,7 @@ class StreamRepo:
         old = or_(streams.c.finished_at < cutoff, (streams.c.finished_at.is_(None)) & (streams.c.updated_at < cutoff))
         with self.store.begin(immediate=True) as conn:
             ids = list(conn.execute(select(streams.c.id).where(old)).scalars())
-            for chunk in _chunks(ids):
+            for chunk in in_list(ids):
                 conn.execute(delete(stream_chunks).where(stream_chunks.c.stream_id.in_(chunk)))
                 conn.execute(delete(streams).where(streams.c.id.in_(chunk)))
         return len(ids)
@@ -160,7 +160,7 @@ class StreamRepo:
         """A heartbeat: the process pumping these running streams is alive."""
         now = utcnow()
         with self.store.begin() as conn:
-            for chunk in _chunks(ids):
+            for chunk in in_list(ids):
                 conn.execute(update(streams).where(streams.c.id.in_(chunk), streams.c.status == RUNNING)
                              .values(updated_at=now))
 
@@ -204,9 +204,3 @@ def _chunk_rows(events: Sequence[tuple[str, int, bytes]]) -> list[dict[str, Any]
     if parts:
         rows[-1].update(count=len(parts), sizes=",".join(map(str, sizes)), data=b"".join(parts))
     return rows
-
-
-def _chunks(ids: list[str], size: int = 500) -> Iterator[list[str]]:
-    """Keep IN lists short."""
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
