@@ -175,18 +175,27 @@ class Streams:
         buf.meta = meta or {}
         buf.data_only = relay.data_only
         self.live[buf.id] = self.pending[buf.id] = buf
-        buf.task = asyncio.create_task(self._pump(buf, relay, upstream, on_done))
-        return buf
-
-    async def _pump(self, buf: Buffer, relay: Relay, upstream: UpstreamStream,
-                    on_done: Callable[[Status, str | None], Awaitable[None]]) -> None:
-        self.metrics.streams_active.inc()
-        status: Status = OK
-        error: str | None = None
+        # The opening and what the upstream already sent (its first token) go in now, not on the pump's
+        # first turn: the response finds them at once (two event-loop turns sooner to the first byte).
+        head_error: BaseException | None = None
         try:
             self._add(buf, relay.start())
             for item in upstream.head:
                 self._add(buf, relay.events(item))
+        except Exception as e:  # noqa: BLE001 - raised again inside the pump, which ends every stream
+            head_error = e
+        buf.task = asyncio.create_task(self._pump(buf, relay, upstream, on_done, head_error))
+        return buf
+
+    async def _pump(self, buf: Buffer, relay: Relay, upstream: UpstreamStream,
+                    on_done: Callable[[Status, str | None], Awaitable[None]],
+                    head_error: BaseException | None = None) -> None:
+        self.metrics.streams_active.inc()
+        status: Status = OK
+        error: str | None = None
+        try:
+            if head_error is not None:
+                raise head_error
             async for item in upstream.rest():
                 self._add(buf, relay.events(item))
             self._add(buf, relay.end())
