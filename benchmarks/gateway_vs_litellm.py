@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -143,16 +144,23 @@ def first_token(buf: bytes) -> bool:
     return False
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict) -> tuple[float, float] | None:
-    """(total seconds, seconds to the first content token) of one streamed chat completion; None if it
-    failed or did not end with `data: [DONE]`."""
+class Failed(Exception):
+    """A request that did not stream to its end: why (the status and the start of the body, or the cut)."""
+
+
+def failure(e: BaseException) -> str:
+    return str(e) if isinstance(e, Failed) else type(e).__name__
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict) -> tuple[float, float]:
+    """(total seconds, seconds to the first content token) of one streamed chat completion; Failed if it
+    was refused or did not end with `data: [DONE]`."""
     start = time.perf_counter()
     ttft = None
     seen = b""                        # the stream until its first token (then only its last bytes)
     async with session.post(url, data=body, headers=headers) as resp:
         if resp.status != 200:
-            await resp.read()
-            return None
+            raise Failed(f"HTTP {resp.status}: {(await resp.read())[:120]!r}")
         async for data in resp.content.iter_any():
             seen += data
             if ttft is None:
@@ -162,7 +170,7 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: di
             else:
                 seen = seen[-32:]
     if not seen.rstrip().endswith(b"data: [DONE]"):
-        return None
+        raise Failed(f"the stream ended without [DONE]: ...{seen[-60:]!r}")
     return time.perf_counter() - start, ttft if ttft is not None else float("nan")
 
 
@@ -184,22 +192,17 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int,
     session = session_for(concurrency)
     try:
         # Warm the connections and the target's caches.
-        await asyncio.gather(*(one(session, url, body, headers) for _ in range(concurrency)))
+        await asyncio.gather(*(one(session, url, body, headers) for _ in range(concurrency)), return_exceptions=True)
         results: list[tuple[float, float]] = []
-        errors = 0
+        errors: Counter[str] = Counter()
         todo = iter(range(requests))
 
         async def worker() -> None:
-            nonlocal errors
             for _ in todo:
                 try:
-                    r = await one(session, url, body, headers)
-                except (aiohttp.ClientError, TimeoutError):
-                    r = None
-                if r is None:
-                    errors += 1
-                else:
-                    results.append(r)
+                    results.append(await one(session, url, body, headers))
+                except (aiohttp.ClientError, TimeoutError, Failed) as e:
+                    errors[failure(e)] += 1
         cpu0 = cpu_s(pid) if pid else 0.0
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -212,7 +215,8 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int,
     pick = (lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] * 1000) if results else (lambda xs, q: float("nan"))
     return {"rps": len(results) / wall, "p50": pick(lat, 0.5), "p99": pick(lat, 0.99),
             "cpu_ms": cpu * 1000 / max(1, len(results)),
-            "ttft50": pick(ttft, 0.5), "ttft99": pick(ttft, 0.99), "errors": errors, "n": len(results)}
+            "ttft50": pick(ttft, 0.5), "ttft99": pick(ttft, 0.99), "errors": sum(errors.values()),
+            "why": dict(errors), "n": len(results)}
 
 
 async def soak(base: str, key: str, model: str, concurrency: int, seconds: float, pid: int) -> dict:
@@ -220,6 +224,7 @@ async def soak(base: str, key: str, model: str, concurrency: int, seconds: float
     (every `seconds`/20), and how many requests went through or failed."""
     samples: list[tuple[float, float]] = []
     done = {"ok": 0, "errors": 0}
+    why: Counter[str] = Counter()
     stop = time.monotonic() + seconds
     url, body, headers = target_args(base, key, model)
     session = session_for(concurrency)
@@ -227,10 +232,11 @@ async def soak(base: str, key: str, model: str, concurrency: int, seconds: float
     async def worker() -> None:
         while time.monotonic() < stop:
             try:
-                r = await one(session, url, body, headers)
-            except (aiohttp.ClientError, TimeoutError):
-                r = None
-            done["ok" if r is not None else "errors"] += 1
+                await one(session, url, body, headers)
+                done["ok"] += 1
+            except (aiohttp.ClientError, TimeoutError, Failed) as e:
+                done["errors"] += 1
+                why[failure(e)] += 1
 
     async def sampler() -> None:
         start = time.monotonic()
@@ -242,7 +248,7 @@ async def soak(base: str, key: str, model: str, concurrency: int, seconds: float
         await asyncio.gather(sampler(), *(worker() for _ in range(concurrency)))
     finally:
         await session.close()
-    return {"samples": samples, **done}
+    return {"samples": samples, **done, "why": dict(why)}
 
 
 def rss_at(samples: list[tuple[float, float]], t: float) -> float:
@@ -257,6 +263,8 @@ def print_soak(result: dict, seconds: float, concurrency: int) -> None:
     marks = [rss_at(samples, seconds * q / 4) for q in range(5)]
     print(f"soak, {concurrency} streams for {seconds:g} s ({result['ok']} requests, {result['errors']} errors): "
           "RSS at 0, 1/4, 1/2, 3/4, end: " + " / ".join(f"{m:.1f}" for m in marks) + " MiB")
+    if result["why"]:
+        print("soak errors, by what the client saw: " + "; ".join(f"{n} x {why}" for why, n in result["why"].items()))
     print(f"soak RSS before/after: {marks[0]:.1f} / {marks[4]:.1f} MiB ({marks[4] - marks[0]:+.1f} MiB)")
     second = marks[4] - marks[2]
     print(f"soak RSS growth: first half {marks[2] - marks[0]:+.1f} MiB, second half {second:+.1f} MiB "
@@ -307,7 +315,7 @@ def main() -> None:
                 rows.append((level, name, r, base))
                 print(f"  {name:8s} c={level:<4d} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                       f"p99 {r['p99']:7.2f} ms  ttft50 {r['ttft50']:7.2f} ms  cpu {r['cpu_ms']:6.2f} ms/req  "
-                      f"errors {r['errors']}", file=sys.stderr, flush=True)
+                      f"errors {r['errors']}" + (f" {r['why']}" if r["why"] else ""), file=sys.stderr, flush=True)
         rss_after_levels = rss_mb(gw_proc.pid)
         soaked = asyncio.run(soak(gw_url, gw_key, "m", SOAK_STREAMS, args.soak, gw_proc.pid)) if args.soak > 0 else None
         print(f"\nStreaming chat completions, {len(PROMPT.split()) + 2} chunks each, fake upstream "
