@@ -13,14 +13,13 @@ from typing import Any
 MEMORY_ENTRIES = 10_000          # recent conversations kept in memory, at most
 PURGE_INTERVAL = 3600.0          # seconds between deletions of conversations past their retention
 
-Write = Callable[..., Awaitable[Any]]
+Write = Callable[..., Awaitable[Any]]     # runs a function on one of the gateway's store threads
 
 
 class Conversations:
-    def __init__(self, repo: Any, write: Write, retention: float, retry_after: float = 0.2,
-                 read: Write = asyncio.to_thread) -> None:
-        self.repo, self.write, self.retention, self.retry_after = repo, write, retention, retry_after
-        self.read = read                  # the gateway's store readers (default: asyncio's pool)
+    def __init__(self, repo: Any, write: Write, read: Write, retention: float, retry_after: float = 0.2) -> None:
+        self.repo, self.write, self.read = repo, write, read     # the gateway's store writer and readers
+        self.retention, self.retry_after = retention, retry_after
         self._purger: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
         self._writes: set[asyncio.Future[Any]] = set()

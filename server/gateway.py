@@ -69,9 +69,9 @@ class Gateway:
         self.reader = ThreadPoolExecutor(max_workers=STORE_READERS, thread_name_prefix="cogkit-store-reader")
         self.streams = Streams(config.streams, StreamRepo(self.store), self.metrics, self.log, self.writer,
                                self.reader)
-        self.conversations = Conversations(ConversationRepo(self.store), self.write, config.conversation_retention,
-                                           read=self.read)
-        self.recovery = Recovery(self.streams.repo, self.ledger, config.streams, self.write, self.log, read=self.read)
+        self.conversations = Conversations(ConversationRepo(self.store), self.write, self.read,
+                                           config.conversation_retention)
+        self.recovery = Recovery(self.streams.repo, self.ledger, config.streams, self.write, self.read, self.log)
         self.admission = Admission(self.auth, self.ledger, self.write, self.read)
         self.billing = Billing(self.ledger, self.metrics, self.log, self.write, config.logging.log_prompts)
         self.serving = Serving(self.catalog, self.router, self.providers, self.streams, self.admission,

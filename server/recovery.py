@@ -33,7 +33,7 @@ from server.status import PARTIAL
 from server.translate.sse import SSEDecoder, encode_sse
 from server.usage import CHARS_PER_TOKEN
 
-Write = Callable[..., Awaitable[Any]]
+Write = Callable[..., Awaitable[Any]]     # runs a function on one of the gateway's store threads
 DATA_ONLY = ("gemini",)     # formats whose events carry no `id:` line (GeminiRelay.data_only)
 
 
@@ -144,10 +144,10 @@ def ending(fmt: str, decoded: list[tuple[str | None, Any]], text: str, n: int) -
 
 # ---------------------------------------------------------------- settling
 class Recovery:
-    def __init__(self, repo: Any, ledger: Ledger, cfg: StreamsConfig, write: Write, log: logging.Logger,
-                 read: Write = asyncio.to_thread) -> None:
-        self.repo, self.ledger, self.cfg, self.write, self.log = repo, ledger, cfg, write, log
-        self.read = read                  # the gateway's store readers (default: asyncio's pool)
+    def __init__(self, repo: Any, ledger: Ledger, cfg: StreamsConfig, write: Write, read: Write,
+                 log: logging.Logger) -> None:
+        self.repo, self.ledger, self.cfg, self.log = repo, ledger, cfg, log
+        self.write, self.read = write, read        # the gateway's store writer and readers
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -162,7 +162,7 @@ def test_kill_9_mid_stream_then_restart_settles_every_stream(crashing):
     async def again() -> int:
         async def write(fn, *args):
             return fn(*args)
-        recovery = Recovery(repo, Ledger(repo.store), StreamsConfig(lease=0.001), write, logging.getLogger("t"))
+        recovery = Recovery(repo, Ledger(repo.store), StreamsConfig(lease=0.001), write, write, logging.getLogger("t"))
         return await recovery.settle_orphans()
     assert asyncio.run(again()) == 0
     assert len(second.usage(key, len(streams) + 1, timeout=0.5)) == len(streams)
