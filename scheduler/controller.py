@@ -236,6 +236,7 @@ class Controller:
     async def reconcile(self) -> None:
         desired = await asyncio.to_thread(self.desired_source)
         self.desired = {d.name: d for d in desired}
+        listed_at = time.monotonic()
         observed = await asyncio.to_thread(self.runtime.list, {LABEL_PLATFORM: self.instance})
         by_deployment: dict[str, list[StartedReplica]] = {}
         for r in observed:
@@ -248,17 +249,19 @@ class Controller:
                 state = self.states[name]
             if spec is not None:
                 state.replicas.queue_limit, state.replicas.timeout = spec.queue_limit, spec.cold_start_timeout
-            await self._reconcile_one(name, spec, state, by_deployment.get(name, []))
+            await self._reconcile_one(name, spec, state, by_deployment.get(name, []), listed_at)
             if spec is None and not state.tracked and not by_deployment.get(name):
                 state.replicas.fail_waiters(f"there is no deployment {name}", 60)
                 del self.states[name]
 
     async def _reconcile_one(self, name: str, spec: DesiredDeployment | None, state: DeploymentState,
-                             observed: list[StartedReplica]) -> None:
+                             observed: list[StartedReplica], listed_at: float) -> None:
         now = time.monotonic()
         seen = {r.id for r in observed}
-        for rid in [rid for rid in state.tracked if rid not in seen and not state.tracked[rid].stopping]:
-            self._forget(state, rid)               # removed behind our back
+        for rid, t in list(state.tracked.items()):
+            # removed behind our back; one started while the listing was read is not in it, yet there
+            if rid not in seen and not t.stopping and t.started < listed_at:
+                self._forget(state, rid)
         for r in observed:
             current = spec is not None and r.labels.get(LABEL_SPEC) == spec.spec_hash()
             tracked = state.tracked.get(r.id)
@@ -400,7 +403,7 @@ class Controller:
             except RuntimeError_ as e:
                 self._record_failure(name, state, str(e), None, "")
                 return
-            state.tracked[started.id] = Tracked(started)
+            state.tracked.setdefault(started.id, Tracked(started))   # a pass may have adopted it already
             log.info("started replica %s of %s on port %d", started.name, name, replica_spec.port)
         finally:
             self._placing.pop(placing, None)

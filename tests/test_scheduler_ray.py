@@ -157,6 +157,15 @@ def test_replicas_spread_across_nodes_and_a_removed_node_is_replaced(ray_cluster
             # anti-affinity: one per node
             placed = nodes_of_ready(controller, spec.name)
             assert len(set(placed)) == 2, controller.snapshot(spec.name)
+            # an agent slower than the call timeout is not a node gone: its replicas stay listed
+            runtime = controller.runtime
+            assert isinstance(runtime, RayRuntime)
+            listed = sorted(r.id for r in await asyncio.to_thread(runtime.list, {}))
+            patient, runtime.call_timeout_s = runtime.call_timeout_s, 0.0
+            try:
+                assert sorted(r.id for r in await asyncio.to_thread(runtime.list, {})) == listed
+            finally:
+                runtime.call_timeout_s = patient
             live = inventory.read()
             used = {n.name for n in live.nodes for g in n.gpus if g.processes}
             assert used == set(placed)                              # the agents' telemetry follows them

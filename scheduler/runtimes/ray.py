@@ -2,8 +2,10 @@
 spec's run.cogkit.node label), on that node's engine. Ids are "<node>/<id on the node>", so a stop
 or a log read goes to the right agent.
 
-A node that is gone (its agent dead or not answering) lists nothing: the controller sees its
-replicas vanish, forgets them and places replacements on the nodes that remain.
+A node that is gone (Ray counts it dead, or its agent is) lists nothing: the controller sees its
+replicas vanish, forgets them and places replacements on the nodes that remain. A node whose agent
+is only slow (a loaded machine) lists what it listed last: slow is not gone, and forgetting its
+replicas would start them again elsewhere while they still run.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class RayRuntime:
         # simulated node's telemetry shows it (NVML sees it by itself)
         self.gpu_memory_bytes = dict(gpu_memory_bytes or {})
         self.call_timeout_s = call_timeout_s
+        # per node and labels asked: the agent's last answer, for when it is slow
+        self._listed: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
 
     def start(self, spec: ReplicaSpec) -> StartedReplica:
         node = spec.labels.get(LABEL_NODE, "")
@@ -51,6 +55,10 @@ class RayRuntime:
 
     def stop(self, replica_id: str, timeout: float = 10) -> None:
         agent, local_id = self._agent_of(replica_id)
+        node = replica_id.partition("/")[0]
+        for key, listed in list(self._listed.items()):      # a slow agent's last answer lists it no more
+            if key[0] == node:
+                self._listed[key] = [r for r in listed if r["id"] != local_id]
         if agent is None:
             return                          # its node is gone, and the replica with it
         try:
@@ -63,7 +71,11 @@ class RayRuntime:
     def list(self, labels: Mapping[str, str]) -> list[StartedReplica]:
         calls = {node: agent.list.remote(dict(labels)) for node, agent in self.inventory.agents().items()}
         answers: dict[str, list[dict[str, Any]]] = gather(calls, self.call_timeout_s)
-        return [replica_from_dict(r, f"{node}/{r['id']}") for node, found in answers.items() for r in found]
+        asked = tuple(sorted(labels.items()))
+        for node, answer in answers.items():
+            self._listed[node, asked] = answer
+        found = {node: answers.get(node, self._listed.get((node, asked), [])) for node in calls}
+        return [replica_from_dict(r, f"{node}/{r['id']}") for node, rs in found.items() for r in rs]
 
     def logs(self, replica_id: str, tail: int = 20) -> str:
         agent, local_id = self._agent_of(replica_id)
