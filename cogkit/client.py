@@ -78,6 +78,9 @@ class SSEDecoder:
                 text = text[1:]
             self._skip_lf = False
         self._buf += text
+        if "\r" not in self._buf:      # "\n" line ends only (nearly every API): one split, not a copy per line
+            *lines, self._buf = self._buf.split("\n")
+            return [done for line in lines if (done := self._line(line)) is not None]
         events: list[tuple[str | None, str, str | None]] = []
         while True:
             cut = _line_end(self._buf)

@@ -46,6 +46,7 @@ def up(
 
     from server.app import create_app
     from server.config import ConfigError, load_config
+    from server.gateway_cli import tune_gc_for_serving
     from server.store import cogkit_home
 
     home = cogkit_home()
@@ -69,6 +70,7 @@ def up(
         worker = threading.Thread(target=_deploy_all, args=(server, url, key, registry, root, namespace),
                                   daemon=True)
         worker.start()
+    tune_gc_for_serving()
     try:
         server.run()
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -40,7 +40,7 @@ class Serving:
         self.platform = platform
 
     def new_call(self, request: Request, endpoint: str, model: str, key: KeyInfo, body: dict, stream: bool) -> Call:
-        call = Call(request_id="req_" + uuid.uuid4().hex, endpoint=endpoint, model=model, tenant_id=key.tenant_id,
+        call = Call(request_id="req_" + secrets.token_hex(16), endpoint=endpoint, model=model, tenant_id=key.tenant_id,
                     key_id=key.id, metadata=caller_metadata(request, body), stream=stream)
         try:   # platform models first; else the catalog (UnknownModel -> 404 with suggestions)
             call.resolved = self.platform.resolve(model, key.tenant_id) or self.catalog.resolve(model)

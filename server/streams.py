@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
 from array import array
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -170,7 +170,7 @@ class Streams:
     def start(self, tenant_id: str, t: Timeouts, relay: Relay, upstream: UpstreamStream,
               on_done: Callable[[Status, str | None], Awaitable[None]],
               meta: dict[str, Any] | None = None) -> Buffer:
-        buf = Buffer("strm_" + uuid.uuid4().hex, tenant_id, relay.format, t)
+        buf = Buffer("strm_" + secrets.token_hex(16), tenant_id, relay.format, t)
         buf.tag = relay.tag
         buf.meta = meta or {}
         buf.data_only = relay.data_only

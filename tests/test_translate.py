@@ -80,6 +80,17 @@ def test_sse_decoder_split_at_every_byte():
     assert one.last_event_id == "9"
 
 
+def test_sse_decoder_split_at_every_byte_with_newlines_only():
+    raw = ('data: {"t":"é"}\n\n: ping\n\nid: 4\nevent: delta\ndata: a\ndata: b\n\n'
+           'data: [DONE]\n\n').encode()
+    expected = [(None, '{"t":"é"}', None), ("delta", "a\nb", "4"), (None, "[DONE]", "4")]
+    for cut in range(len(raw) + 1):
+        dec = SSEDecoder()
+        assert dec.feed_with_ids(raw[:cut]) + dec.feed_with_ids(raw[cut:]) == expected, cut
+    one = SSEDecoder()
+    assert [e for b in raw for e in one.feed_with_ids(bytes([b]))] == expected
+
+
 def test_sse_decoder_round_trip_and_flush():
     dec = SSEDecoder()
     data = b"".join(encode_sse({"i": i}, event="e") for i in range(3)) + b"data: tail"
