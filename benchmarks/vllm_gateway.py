@@ -16,7 +16,9 @@ separates the two tokens/s figures there. So by default the engine's compute get
 own, as it gets the GPU on a GPU host: vLLM's processes are bound to core 0 (its worker's OpenMP
 thread by VLLM_CPU_OMP_THREADS_BIND) and the gateway and the benchmark client to the other cores
 (`--share-cores` leaves all of them unpinned, and shows what sharing costs). Aim: through the
-gateway >= 98 % of direct tokens/s and <= 1 ms more TTFT p50. Then the cold start, split into
+gateway >= 98 % of direct tokens/s and <= 1 ms more TTFT p50 (also measured by this script's own
+client in `--pairs` pairs of one-stream requests, the same prompt to both back to back, which cancels
+the engine's drift between runs). Then the cold start, split into
 vLLM's own startup (its process started -> its /health answers) and the gateway's part (the
 request -> the process started, /health -> the first token). Compare figures within one run, never across machines.
 """
@@ -30,6 +32,7 @@ sys.path[0:0] = [str(__import__("pathlib").Path(__file__).resolve().parent.paren
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -213,6 +216,62 @@ def run_in_turns(url: str, gw: GatewayProc, key: str, model: Path, args: argpars
     return direct, through
 
 
+def interleaved_ttft(direct_url: str, gateway_url: str, key: str, args: argparse.Namespace
+                     ) -> tuple[list[tuple[float, float]], list[float]]:
+    """(direct, gateway) TTFT in ms of `--pairs` one-stream requests, each prompt sent to the replica
+    and through the gateway back to back (which goes first alternates), from this process on the
+    client's cores: vLLM's own TTFT drifts by milliseconds between runs of its client, and sent in
+    pairs that drift is in both halves of every difference. Same body as vLLM's client sends (greedy,
+    `--ttft-output-len` tokens, ignore_eos); the first token is the first chunk with content."""
+    overheads: list[float] = []
+    rng = random.Random(7)
+    alphabet = "abcdefghijklmnopqrstuvwxyz "
+
+    def prompt() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(args.input_len))
+
+    def ttft(client: httpx.Client, model: str, text: str) -> float:
+        body = {"model": model, "messages": [{"role": "user", "content": text}], "stream": True,
+                "max_tokens": args.ttft_output_len, "temperature": 0, "ignore_eos": True}
+        began, first = time.perf_counter(), 0.0
+        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            if resp.status_code != 200:
+                raise SystemExit(f"{client.base_url}: {resp.status_code} {resp.read()[:300]!r}")
+            if "x-cogkit-overhead-ms" in resp.headers:
+                overheads.append(float(resp.headers["x-cogkit-overhead-ms"]))
+            for line in resp.iter_lines():
+                if not first and line.startswith("data: {"):
+                    choices = json.loads(line[6:]).get("choices") or [{}]
+                    if (choices[0].get("delta") or {}).get("content"):
+                        first = time.perf_counter()
+        if not first:
+            raise SystemExit(f"{client.base_url}: a stream without content")
+        return 1000 * (first - began)
+
+    affinity = os.sched_getaffinity(0)
+    if not args.share_cores:
+        os.sched_setaffinity(0, other_cores())
+    try:
+        with httpx.Client(base_url=direct_url, timeout=60) as direct, \
+                httpx.Client(base_url=gateway_url, timeout=60, headers={
+                    "authorization": f"Bearer {key}", "x-cogkit-sse": "data-only"}) as gateway:
+            for _ in range(4):                 # warm-up: connections, the engine's first batches
+                ttft(direct, "bench/tiny", prompt()), ttft(gateway, "@bench/tiny", prompt())
+            pairs = []
+            for i in range(args.pairs):
+                text = prompt()
+                if i % 2:
+                    g = ttft(gateway, "@bench/tiny", text)
+                    d = ttft(direct, "bench/tiny", text)
+                else:
+                    d = ttft(direct, "bench/tiny", text)
+                    g = ttft(gateway, "@bench/tiny", text)
+                pairs.append((d, g))
+            return pairs, overheads[-len(pairs):]
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
 def median(results: list[dict], field: str) -> float:
     return statistics.median(r.get(field) or 0.0 for r in results)
 
@@ -243,6 +302,7 @@ def main() -> None:
     parser.add_argument("--ttft-prompts", type=int, default=200, help="requests of each one-stream latency run")
     parser.add_argument("--ttft-output-len", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="gateway runs (direct runs: one more)")
+    parser.add_argument("--pairs", type=int, default=300, help="one-stream requests sent in pairs (direct, gateway)")
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--share-cores", action="store_true",
                         help="leave vLLM's worker, the gateway and the client unpinned, all on the same cores")
@@ -313,6 +373,16 @@ def main() -> None:
             print(f"the gateway's CPU per relayed token: {relay_cpu:.3f} ms ({100 * relay_cpu / vllm_cpu:.1f} % of "
                   f"vLLM's own {vllm_cpu:.3f} ms): where they share the cores, the most tokens/s the gateway can keep "
                   f"is about {100 * vllm_cpu / (vllm_cpu + max(relay_cpu, 0.0)):.1f} % of direct")
+            pairs, overheads = interleaved_ttft(url, gw.url, key, args)
+            d50, g50 = (statistics.median(side) for side in zip(*pairs, strict=True))
+            added = statistics.median(g - d for d, g in pairs)
+            firsts = [statistics.median(g - d for d, g in pairs[k::2]) for k in (0, 1)]
+            print(f"one-stream requests in {len(pairs)} pairs (the same prompt to vLLM and through the gateway, "
+                  f"back to back): TTFT p50 {d50:.2f} ms direct, {g50:.2f} ms gateway; added TTFT p50 (the median "
+                  f"of the pairs' differences): {added:+.2f} ms (aim <= 1 ms); {firsts[0]:+.2f} ms where vLLM was "
+                  f"asked first, {firsts[1]:+.2f} ms where the gateway was; of it the gateway's own time to the "
+                  f"answer (x-cogkit-overhead-ms) p50 {statistics.median(overheads):.2f} ms, the rest in the "
+                  f"upstream leg (vLLM answering the gateway) and the extra hop")
             if not args.skip_cold_start:
                 marks = cold_start(gw, key, "@bench/cold", process_dir)
                 spawned, healthy_at, first = marks.get("spawned"), marks.get("healthy"), marks["first_token"]
