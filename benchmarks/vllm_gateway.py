@@ -144,8 +144,7 @@ def bench(base_url: str, model: str, tokenizer: Path, args: argparse.Namespace, 
             "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", "7", "--num-warmups", "4",
             "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
             "--save-result", "--result-dir", str(out), "--result-filename", name,
-            "--header", "x-cogkit-sse=data-only",          # its SSE reader takes every line for data: no id lines
-            *(["--save-detailed"] if one_stream else [])]  # each request's TTFT, for the pooled figures
+            "--header", "x-cogkit-sse=data-only"]          # its SSE reader takes every line for data: no id lines
     env = {**os.environ, "OPENAI_API_KEY": key} if key else {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     pin = None if args.share_cores else (lambda: os.sched_setaffinity(0, other_cores()))
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, preexec_fn=pin)
@@ -212,7 +211,6 @@ def run_in_turns(url: str, gw: GatewayProc, key: str, model: Path, args: argpars
         alone = (bench(gw.url, "@bench/tiny", model, args, out, key, one_stream=True) if to_gateway
                  else bench(url, "bench/tiny", model, args, out, one_stream=True))
         result.update({f"one_{k}": alone.get(k) for k in ("p50_ttft_ms", "p99_ttft_ms")})
-        result["one_ttfts_ms"] = [1000 * (t or 0.0) for t in alone.get("ttfts") or []]   # 0: failed
         (through if to_gateway else direct).append(result)
     return direct, through
 
@@ -310,23 +308,6 @@ def median(results: list[dict], field: str) -> float:
     return statistics.median(r.get(field) or 0.0 for r in results)
 
 
-def pooled_ttft(direct: list[dict], through: list[dict]) -> tuple[float, float]:
-    """Added TTFT p50 of the one-stream runs from every request rather than from each run's p50:
-    (pooled: the p50 of all gateway requests minus that of all direct ones; paired: the same prompt
-    (--seed) compared with itself, the median over prompts of its gateway minus its direct median).
-    vLLM's own TTFT on a CPU moves by milliseconds from run to run, more than the gateway adds."""
-    def every(results: list[dict]) -> list[float]:
-        return [t for r in results for t in r.get("one_ttfts_ms") or [] if t]
-
-    def ok(times: tuple[float, ...]) -> list[float]:
-        return [t for t in times if t]
-    pooled = statistics.median(every(through)) - statistics.median(every(direct))
-    by_prompt = [statistics.median(ok(g)) - statistics.median(ok(d)) for d, g in zip(
-        zip(*(r["one_ttfts_ms"] for r in direct), strict=True),
-        zip(*(r["one_ttfts_ms"] for r in through), strict=True), strict=True) if ok(d) and ok(g)]
-    return pooled, statistics.median(by_prompt)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=128)
@@ -392,11 +373,8 @@ def main() -> None:
                     " ".join(f"{r.get(field) or 0.0:.3g}" for r in through)
                 print(f"{label:18}{d:12.2f}{g:12.2f}{ratio:>16}   ({runs})")
             base_ttft, base_tps = median(direct, "one_p50_ttft_ms"), median(direct, "output_throughput")
-            pooled, paired = pooled_ttft(direct, through)
             print(f"\nadded TTFT p50 (one stream at a time): {median(through, 'one_p50_ttft_ms') - base_ttft:+.2f} ms "
-                  f"from the runs' p50s, {pooled:+.2f} ms from all {args.ttft_prompts * len(through)} gateway and "
-                  f"{args.ttft_prompts * len(direct)} direct requests pooled, {paired:+.2f} ms paired by prompt "
-                  f"(aim <= 1 ms); at concurrency {args.concurrency}: "
+                  f"from the runs' p50s (aim <= 1 ms); at concurrency {args.concurrency}: "
                   f"{median(through, 'p50_ttft_ms') - median(direct, 'p50_ttft_ms'):+.2f} ms; "
                   f"tokens/s through the gateway: {100 * median(through, 'output_throughput') / base_tps:.1f} % of "
                   f"direct (aim >= 98 %)")

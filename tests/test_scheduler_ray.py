@@ -10,9 +10,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +30,7 @@ from scheduler.replicas import ReplicaSet  # noqa: E402
 from scheduler.runtimes.base import LABEL_NODE  # noqa: E402
 from scheduler.runtimes.ray import RayRuntime, on_cluster  # noqa: E402
 from scheduler.telemetry.polling import PollingInventory  # noqa: E402
+from tests.net import until_async  # noqa: E402
 from tests.ray_support import RayCluster, ray_cluster_of, simulated_gpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +41,6 @@ REPLICA_GPU_MEMORY = 20 * GIB          # one replica per 24 GiB GPU
 READY_TIMEOUT = 180.0                  # cogkit serve on two heavily shared cores
 
 INVENTORY = simulated_gpus(NODES)
-
-
-async def wait_async(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +122,7 @@ def test_a_node_holding_the_versions_snapshot_wins(ray_cluster: RayCluster, tmp_
         controller, polled = controller_for(spec, ray_cluster.cluster.address)
         controller.start()
         try:
-            await wait_async(lambda: nodes_of_ready(controller, spec.name), READY_TIMEOUT, "a ready replica")
+            await until_async(lambda: nodes_of_ready(controller, spec.name), READY_TIMEOUT, "a ready replica")
             assert nodes_of_ready(controller, spec.name) == ["c"]
             async with httpx.AsyncClient(timeout=30) as http:
                 assert await predict(http, controller.replica_set(spec.name), "snapshot") == "hello snapshot"
@@ -152,7 +142,7 @@ def test_replicas_spread_across_nodes_and_a_removed_node_is_replaced(ray_cluster
         controller.start()
         replicas = controller.replica_set(spec.name)
         try:
-            await wait_async(lambda: len(nodes_of_ready(controller, spec.name)) == 2, READY_TIMEOUT,
+            await until_async(lambda: len(nodes_of_ready(controller, spec.name)) == 2, READY_TIMEOUT,
                              "two ready replicas")
             # anti-affinity: one per node
             placed = nodes_of_ready(controller, spec.name)
@@ -182,7 +172,7 @@ def test_replicas_spread_across_nodes_and_a_removed_node_is_replaced(ray_cluster
                 assert answers == [f"hello after{i}" for i in range(4)]
 
                 # the lost replica is rescheduled: not on the dead node, nor next to the survivor
-                await wait_async(lambda: nodes_of_ready(controller, spec.name) == sorted([survivor, third]),
+                await until_async(lambda: nodes_of_ready(controller, spec.name) == sorted([survivor, third]),
                                  READY_TIMEOUT, f"the replacement on node {third}")
                 assert (await asyncio.to_thread(inventory.read)).node(victim).reachable is False  # type: ignore[union-attr]
                 answers = [await predict(http, replicas, f"again{i}") for i in range(4)]

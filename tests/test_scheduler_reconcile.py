@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from scheduler.autoscaler import ScalePolicy
 from scheduler.controller import Controller, DesiredDeployment
 from scheduler.runtimes.base import LABEL_PLATFORM, StartedReplica
 from scheduler.runtimes.process import ProcessRuntime
+from tests.net import until_async
 
 INSTANCE = "reconcile-test"
 
@@ -38,15 +37,6 @@ class ListingBeforeStart(ProcessRuntime):
         return found
 
 
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 def test_a_listing_older_than_a_start_neither_forgets_it_nor_starts_another(tmp_path: Path) -> None:
     runtime = ListingBeforeStart(tmp_path)
     spec = DesiredDeployment(name="r/one", model="r/one", version_id="v1", image="", max_concurrency=1,
@@ -64,12 +54,12 @@ def test_a_listing_older_than_a_start_neither_forgets_it_nor_starts_another(tmp_
             await asyncio.to_thread(runtime.listing_read.wait, 30)
             second = asyncio.create_task(controller.reconcile())  # meanwhile a pass starts the replica ...
             await second
-            started = await until(tracked, 30, "the replica's start to return")
+            started = await until_async(tracked, 30, "the replica's start to return")
             runtime.release_listing.set()                         # ... then the old listing comes back
             await first
             assert tracked() == started, "a listing older than the start made the replica be forgotten"
             await controller.reconcile()                          # and the next pass adopts nothing twice
-            await until(lambda: controller.snapshot(spec.name)["starting"] == 0, 30, "no start in flight")
+            await until_async(lambda: controller.snapshot(spec.name)["starting"] == 0, 30, "no start in flight")
             running = [r.name for r in runtime.list({LABEL_PLATFORM: INSTANCE}) if r.running]
             assert running == started, f"one replica wanted, {len(running)} running: {running}"
             assert tracked() == started
