@@ -1,9 +1,7 @@
 """What every upstream kind shares: one pooled HTTP client, error mapping, SSE reading.
 
-The client is aiohttp, not httpx, on this path: measured on the streaming benchmark (16 chunks per
-request, 16 concurrent streams), httpx + httpcore + h11 took about a third of the gateway's CPU;
-aiohttp's C HTTP parser and lighter request path take a fraction of that, and its connector does
-not slow down with its size (httpcore's pool bookkeeping grows with the square of its connections).
+The client is the gateway's own (server/providers/http1.py, which says why: measured, aiohttp
+took twice its CPU per streamed request, and httpx before it about a third of the gateway's).
 
 Every provider speaks the canonical format (OpenAI chat completions) to the router;
 translation to its own wire format happens inside it, through server.translate. The interface is
@@ -20,10 +18,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-import aiohttp
-
 from server.config import ProviderConfig, Timeouts
 from server.jsonio import dumps, loads
+from server.providers.http1 import Pool, TimedOut, Timeout, TransportError
 from server.translate import StreamError
 from server.translate.sse import SSEDecoder
 
@@ -145,29 +142,33 @@ class Provider(ABC):
 
     # ---- HTTP helpers ----
     @staticmethod
-    def plain_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=t.total, connect=t.connect)
+    def plain_timeout(t: Timeouts) -> Timeout:
+        return Timeout(connect=t.connect, total=t.total)
 
     @staticmethod
-    def stream_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+    def stream_timeout(t: Timeouts) -> Timeout:
         # The router bounds the first token (ttft) and the stream buffer the gaps (idle) and the total;
         # this read timeout is only the backstop for a socket that goes silent.
-        return aiohttp.ClientTimeout(total=None, connect=t.connect, sock_read=max(t.ttft, t.idle))
+        return Timeout(connect=t.connect, read=max(t.ttft, t.idle))
 
     async def post_json(self, url: str, body: dict, headers: dict, t: Timeouts) -> dict:
-        try:
-            async with self.pool.session().post(url, data=dumps(body), headers={**headers, **JSON},
-                                                timeout=self.plain_timeout(t)) as resp:
-                content = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise transport_error(e) from e
-        if resp.status >= 400:
-            raise http_error(resp.status, content, resp.headers)
+        content, status, resp_headers = await self.fetch("POST", url, dumps(body), {**headers, **JSON}, t)
+        if status >= 400:
+            raise http_error(status, content, resp_headers)
         try:
             result: dict = loads(content)
         except ValueError as e:
-            raise UpstreamError(f"{self.name}: upstream sent invalid JSON", resp.status, "http") from e
+            raise UpstreamError(f"{self.name}: upstream sent invalid JSON", status, "http") from e
         return result
+
+    async def fetch(self, method: str, url: str, body: bytes | None, headers: dict,
+                    t: Timeouts) -> tuple[bytes, int, dict[str, str]]:
+        """One plain exchange: (body, status, headers); transport failures as UpstreamError."""
+        try:
+            async with await self.pool.request(method, url, body, headers, self.plain_timeout(t)) as resp:
+                return await resp.read(), resp.status, resp.headers
+        except TransportError as e:
+            raise transport_error(e) from e
 
     async def translated_stream(self, url: str, body: dict, translator: Any, t: Timeouts) -> AsyncIterator[dict]:
         """An upstream SSE stream in another format, as canonical chunks through `translator`."""
@@ -187,51 +188,29 @@ class Provider(ABC):
     async def sse(self, url: str, body: dict, headers: dict, t: Timeouts) -> AsyncIterator[tuple[str | None, str]]:
         """(event, data) pairs of an upstream SSE response; errors as UpstreamError."""
         try:
-            async with self.pool.session().post(url, data=dumps(body), headers={**headers, **JSON},
-                                                timeout=self.stream_timeout(t)) as resp:
+            async with await self.pool.request("POST", url, dumps(body), {**headers, **JSON},
+                                               self.stream_timeout(t)) as resp:
                 if resp.status >= 400:
                     raise http_error(resp.status, await resp.read(), resp.headers)
                 decoder = SSEDecoder()
-                async for raw in resp.content.iter_any():
+                while raw := await resp.receive():
                     for item in decoder.feed(raw):
                         yield item
                 for item in decoder.flush():
                     yield item
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except TransportError as e:
             raise transport_error(e) from e
 
 
 JSON = {"content-type": "application/json"}
 
 
-class Pool:
-    """A provider's keep-alive connections, made once for the process (no client per request). The
-    session is made on first use, inside the running event loop (aiohttp binds it to that loop)."""
-
-    def __init__(self, max_connections: int, headers: dict[str, str]) -> None:
-        self.max_connections, self.headers = max_connections, headers
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=60,
-                                             enable_cleanup_closed=True)
-            # auto_decompress stays on (gzip'd JSON errors); no cookies: every request stands alone.
-            self._session = aiohttp.ClientSession(connector=connector, headers=self.headers,
-                                                  cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-def transport_error(e: BaseException) -> UpstreamError:
-    """A failure of the connection itself: a read that timed out, or anything else (refused, reset,
-    closed mid-answer, a connect timeout: the next deployment may well answer)."""
-    if isinstance(e, TimeoutError) and not isinstance(e, aiohttp.ConnectionTimeoutError):
-        return UpstreamError(f"upstream timed out ({type(e).__name__})", None, "timeout")
-    return UpstreamError(f"upstream connection failed ({type(e).__name__})", None, "connect")
+def transport_error(e: TransportError) -> UpstreamError:
+    """A failure of the connection itself: an answer that stopped coming, or anything else (refused,
+    reset, closed mid-answer, a connect timeout: the next deployment may well answer)."""
+    if isinstance(e, TimedOut):
+        return UpstreamError(f"upstream timed out ({e})", None, "timeout")
+    return UpstreamError(f"upstream connection failed ({e})", None, "connect")
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -10,10 +10,8 @@ import json
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
-import aiohttp
-
 from server.config import Timeouts
-from server.providers.base import Provider, UpstreamError, transport_error
+from server.providers.base import Provider, UpstreamError
 
 
 class PlatformProvider(Provider):
@@ -56,14 +54,10 @@ class PlatformProvider(Provider):
 
     async def _model_streams(self, t: Timeouts) -> bool:
         if self._streams is None:
+            content, status, _ = await self.fetch("GET", f"{self.base_url}/openapi.json", None,
+                                                  await self._headers(), t)
             try:
-                async with self.pool.session().get(f"{self.base_url}/openapi.json", headers=await self._headers(),
-                                                   timeout=self.plain_timeout(t)) as resp:
-                    content = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as e:
-                raise transport_error(e) from e
-            try:
-                schema = json.loads(content) if resp.status == 200 else {}
+                schema = json.loads(content) if status == 200 else {}
             except ValueError:
                 schema = {}                # no schema: it cannot say it streams, so it is asked plainly
             self._streams = schema_streams(schema if isinstance(schema, dict) else {})
