@@ -11,9 +11,11 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from server.api import admin, anthropic, gemini, openai, responses, run, spend, streams
 from server.api.deps import install_error_handlers
+from server.api.lane import FastLane
 from server.catalog import UnknownModel
 from server.config import GatewayConfig
 from server.gateway import Gateway
@@ -34,8 +36,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     # FastAPI's own OpenTelemetry hooks off: the gateway has its metrics (/metrics) and log lines, and
     # the hooks ask the OpenTelemetry globals (environment lookups) on every request: about 3 % of the
     # gateway's CPU under streaming load, for nothing when no provider is configured.
-    app = FastAPI(title="cogkit gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  telemetry={"tracing": False, "metrics": False, "logs": False})
+    app = GatewayApp(title="cogkit gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
+                     telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.gateway = gateway
     install_error_handlers(app)
     # The client-format routes first: Starlette tries the routes in order, and behind the platform's
@@ -51,7 +53,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
     # routes: the same handlers and error handlers, without FastAPI's per-request dependency solving
     # and exit stacks (~10 % of the gateway's CPU per streamed request). FastAPI's copies are never
     # reached; they stay for the OpenAPI document.
-    app.router.routes[:0] = plain_routes(openai.router, anthropic.router, responses.router)
+    hot = plain_routes(openai.router, anthropic.router, responses.router)
+    app.router.routes[:0] = hot
+    app.lane = FastLane(app, hot)       # and, with a body of declared length, straight from the server
 
     @app.exception_handler(UnknownModel)
     async def on_unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
@@ -67,6 +71,19 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     logging.getLogger("uvicorn.error").propagate = False
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, but for the requests its fast lane takes (server/api/lane.py)."""
+    lane: FastLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.lane is not None:
+            endpoint = self.lane.endpoint_for(scope)
+            if endpoint is not None:
+                await self.lane.serve(endpoint, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def plain_routes(*routers: APIRouter) -> list[Route]:
