@@ -370,3 +370,24 @@ def test_tls_with_a_trusted_certificate_and_refused_without(tmp_path):
             with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED|SSLCertVerificationError"):
                 await Pool(2).request("POST", up.url, b"{}", {}, T)
     run(main())
+
+
+@pytest.mark.parametrize("url, origin, host, path", [
+    ("https://api.openai.com/v1/chat/completions", ("https", "api.openai.com", 443), "api.openai.com",
+     "/v1/chat/completions"),
+    ("http://[::1]:8080/x?y=1#frag", ("http", "::1", 8080), "[::1]:8080", "/x?y=1"),
+    ("HTTP://h:81", ("http", "h", 81), "h:81", "/"),
+    ("http://h?x=1", ("http", "h", 80), "h", "/?x=1"),
+    ("http://user:secret@h/a", ("http", "h", 80), "h", "/a"),
+])
+def test_urls_become_an_origin_a_host_header_and_a_request_target(url, origin, host, path):
+    from server.providers.http1 import _target
+    got = _target(url)
+    assert (got.origin, got.host_header, got.path) == (origin, host, path)
+
+
+@pytest.mark.parametrize("url", ["ftp://h/x", "http:///x", "http://h/a b", "api.openai.com/v1"])
+def test_urls_it_cannot_send_to_are_refused(url):
+    from server.providers.http1 import _target
+    with pytest.raises(ValueError):
+        _target(url)

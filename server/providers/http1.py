@@ -67,7 +67,8 @@ def _target(url: str) -> _Target:
     scheme = scheme.lower()
     if not sep or scheme not in ("http", "https"):
         raise ValueError(f"not an http(s) URL: {url!r}")
-    authority, slash, path = rest.partition("/")
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:].partition("#")[0]
     authority = authority.rpartition("@")[2]        # (no credentials in the authority: they would be sent)
     host, port = authority, 443 if scheme == "https" else 80
     if authority.startswith("["):                  # [IPv6]:port
@@ -80,13 +81,17 @@ def _target(url: str) -> _Target:
         port = int(p)
     if not host:
         raise ValueError(f"no host in URL: {url!r}")
+    if any(c in url for c in " \r\n\t"):
+        raise ValueError(f"whitespace in URL: {url!r}")
     default = 443 if scheme == "https" else 80
     host_header = (f"[{host}]" if ":" in host else host) + ("" if port == default else f":{port}")
-    return _Target((scheme, host, port), host_header, slash + path.partition("#")[0] if slash else "/")
+    path = path if path.startswith("/") else "/" + path
+    return _Target((scheme, host, port), host_header, path)
 
 
 def _head(method: str, target: _Target, headers: dict[str, str], length: int | None) -> bytes:
-    lines = [f"{method} {target.path} HTTP/1.1\r\nhost: {target.host_header}\r\n"]
+    """The request line and headers; `headers` has lower-case names (a configured host wins)."""
+    lines = [f"{method} {target.path} HTTP/1.1\r\nhost: {headers.pop('host', target.host_header)}\r\n"]
     for name, value in headers.items():
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             raise ValueError(f"header {name!r}: a line break in a header would split the request")
@@ -328,7 +333,7 @@ class Pool:
     def __init__(self, max_connections: int, headers: dict[str, str] | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_connections = max_connections
-        self.headers = {"user-agent": "cogkit-gateway", **(headers or {})}
+        self.headers = {"user-agent": "cogkit-gateway", **{k.lower(): v for k, v in (headers or {}).items()}}
         self._ssl = ssl_context
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
@@ -339,7 +344,8 @@ class Pool:
                       timeout: Timeout) -> Response:
         """Send the request and wait for the answer's status and headers (the body follows)."""
         target = _target(url)
-        head = _head(method, target, {**self.headers, **headers}, None if body is None else len(body))
+        merged = {**self.headers, **{name.lower(): value for name, value in headers.items()}}
+        head = _head(method, target, merged, None if body is None else len(body))
         payload = head + body if body else head
         self._bind()
         await self._slot(timeout.connect)
