@@ -38,6 +38,7 @@ from tests.fakes import start_fake  # noqa: E402
 from tests.net import free_port  # noqa: E402
 
 LITELLM_KEY = "sk-bench-master-key"
+WARMUP = 64                 # requests sent to a target before each level is measured
 SOAK_STREAMS = 64
 PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
 
@@ -191,8 +192,11 @@ async def load(base: str, key: str, model: str, concurrency: int, requests: int,
     url, body, headers = target_args(base, key, model)
     session = session_for(concurrency)
     try:
-        # Warm the connections and the target's caches.
-        await asyncio.gather(*(one(session, url, body, headers) for _ in range(concurrency)), return_exceptions=True)
+        # Warm the connections and the target's caches: WARMUP requests at least (one stream's level
+        # came first and ran high after a warm-up of one request), in rounds of the level's concurrency.
+        for _ in range(max(1, -(-WARMUP // concurrency))):
+            await asyncio.gather(*(one(session, url, body, headers) for _ in range(concurrency)),
+                                 return_exceptions=True)
         results: list[tuple[float, float]] = []
         errors: Counter[str] = Counter()
         todo = iter(range(requests))

@@ -391,3 +391,22 @@ def test_urls_it_cannot_send_to_are_refused(url):
     from server.providers.http1 import _target
     with pytest.raises(ValueError):
         _target(url)
+
+
+def test_a_reader_slower_than_the_read_timeout_is_not_a_silent_server():
+    size = 4 * HIGH_WATER
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n".encode() + b"z" * size)
+        await writer.drain()
+
+    async def main() -> None:
+        async with Upstream(handler) as up:
+            async with await Pool(2).request("GET", up.url, None, {}, Timeout(connect=5, read=0.3)) as resp:
+                got = len(await resp.receive())
+                await asyncio.sleep(0.8)            # the socket is paused meanwhile: nothing arrives
+                assert resp._paused
+                got += len(await resp.read())
+                assert got == size
+    run(main())

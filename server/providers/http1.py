@@ -192,7 +192,7 @@ class Response:
             if self._chunks:
                 chunks, self._chunks, self._size = self._chunks, [], 0
                 if self._paused:
-                    self._paused = False
+                    self._paused, self._last_read = False, self._loop.time()   # (the silence starts now)
                     if not self._conn.closed and self._conn.transport is not None:
                         self._conn.transport.resume_reading()
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -289,6 +289,8 @@ class Response:
     def _check_read(self) -> None:
         assert self._read_timeout is not None
         quiet_until = self._last_read + self._read_timeout
+        if self._paused:                # the reader is behind, not the server: not a silence
+            quiet_until = self._loop.time() + self._read_timeout
         if quiet_until > self._loop.time():
             self._read_timer = self._loop.call_at(quiet_until, self._check_read)
         else:
