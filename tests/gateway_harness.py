@@ -113,6 +113,16 @@ class GatewayProc:
         self._log.close()
 
 
+def one_model_gateway(workdir: Path, fake, tenant: str, credits: float, **config) -> GatewayProc:
+    """A gateway with one model, gpt-4o-mini, on the fake OpenAI provider `fake`, and `.key`: a key of
+    `tenant` holding `credits`. `config`: more of the gateway's config (limits, ...)."""
+    gw = GatewayProc({"state_dir": str(workdir / "state"), "providers": [provider("openai", fake)],
+                      "models": [{"name": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6,
+                                  "deployments": [{"provider": "openai"}]}], **config}, workdir)
+    gw.key = gw.new_key(tenant, credits=credits)
+    return gw
+
+
 def provider(name: str, fake, kind: str | None = None, **extra) -> dict:
     kind = kind or {"gemini": "google"}.get(fake.kind, fake.kind)
     return {"name": name, "kind": kind, "base_url": fake.base_url, "api_key": fake.api_key, **extra}

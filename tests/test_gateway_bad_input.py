@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.gateway_harness import GatewayProc, provider
+from tests.gateway_harness import one_model_gateway, provider
 
 LIMITS = {"max_body_bytes": 2_000_000, "max_name_chars": 64, "max_file_bytes": 100_000}
 
@@ -19,11 +19,8 @@ def gw(tmp_path_factory):
     from tests.fakes import start_fake
     oa = start_fake("openai")
     work = tmp_path_factory.mktemp("bad-input")
-    g = GatewayProc({"state_dir": str(work / "state"), "providers": [provider("openai", oa)], "limits": LIMITS,
-                     "models": [{"name": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6,
-                                 "deployments": [{"provider": "openai"}]}]}, work)
+    g = one_model_gateway(work, oa, "acme", 10.0, limits=LIMITS)
     g.fake = oa
-    g.key = g.new_key("acme", credits=10.0)
     yield g
     g.close()
     oa.close()

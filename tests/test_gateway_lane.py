@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from tests.gateway_harness import GatewayProc, provider
+from tests.gateway_harness import one_model_gateway
 
 LIMIT = 50_000
 
@@ -19,11 +19,7 @@ def gw(tmp_path_factory):
     from tests.fakes import start_fake
     oa = start_fake("openai")
     work = tmp_path_factory.mktemp("lane")
-    g = GatewayProc({"state_dir": str(work / "state"), "providers": [provider("openai", oa)],
-                     "limits": {"max_body_bytes": LIMIT},
-                     "models": [{"name": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6,
-                                 "deployments": [{"provider": "openai"}]}]}, work)
-    g.key = g.new_key("acme", credits=10.0)
+    g = one_model_gateway(work, oa, "acme", 10.0, limits={"max_body_bytes": LIMIT})
     yield g
     g.close()
     oa.close()

@@ -21,7 +21,7 @@ from server.wire.anthropic import MessagesRequest
 from server.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.wire.responses import ResponsesRequest
 from server.wire.run import RunChatInputs
-from tests.gateway_harness import GatewayProc, provider
+from tests.gateway_harness import one_model_gateway
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "25"))
 FAST = settings(max_examples=EXAMPLES * 5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -135,10 +135,7 @@ def live(tmp_path_factory):
     from tests.fakes import start_fake
     fake = start_fake("openai")
     work = tmp_path_factory.mktemp("schemathesis")
-    gw = GatewayProc({"state_dir": str(work / "state"), "providers": [provider("openai", fake)],
-                      "models": [{"name": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6,
-                                  "deployments": [{"provider": "openai"}]}]}, work)
-    gw.key = gw.new_key("props", credits=5.0)
+    gw = one_model_gateway(work, fake, "props", 5.0)
     yield gw
     gw.close()
     fake.close()
