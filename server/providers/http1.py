@@ -120,7 +120,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         response = self.response
-        if response is None:            # bytes while idle: the server is not speaking HTTP to us
+        if response is None or response._done:   # bytes past the answer: not HTTP as we asked for it
             self.close()
             return
         response._activity = True
