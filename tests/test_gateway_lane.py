@@ -112,3 +112,23 @@ def test_the_lane_is_taken_only_with_a_declared_length(tmp_path):
                                headers={"content-type": "application/json"})
     assert by_lane.status_code == by_stack.status_code == 401      # no key: the same refusal either way
     assert seen == ["/v1/chat/completions"]                          # the chunked one only
+
+
+def test_a_chunked_body_over_the_limit_that_arrives_whole_is_refused_at_once(gw):
+    """The whole chunked body in one write: the server hands it over in one message, its last; the
+    refusal must not then wait to drain a body that has no more to give (it used to, until the
+    client gave up)."""
+    import socket
+    from urllib.parse import urlsplit
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * LIMIT}]}).encode()
+    url = urlsplit(gw.url)
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {url.netloc}\r\nauthorization: Bearer {gw.key}\r\n"
+               f"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{len(body):x}\r\n").encode()
+    with socket.create_connection((url.hostname, url.port), timeout=20) as s:
+        s.sendall(request + body + b"\r\n0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            got = s.recv(65536)
+            assert got, answer
+            answer += got
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

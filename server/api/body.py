@@ -52,13 +52,14 @@ class BodyLimit:
                 return
             await self.app(scope, receive, send)   # the server holds the body to its content-length
             return
-        seen, started = 0, False
+        seen, started, whole = 0, False, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, whole
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                whole = not message.get("more_body")
                 if seen > limit:
                     raise _BodyTooLarge
             return message
@@ -73,7 +74,8 @@ class BodyLimit:
         except _BodyTooLarge:
             if started:
                 raise
-            await self._drain(receive)
+            if not whole:   # (after the body's last message, the server's receive waits for the client to leave)
+                await self._drain(receive)
             await self._refuse(scope, receive, send, limit)
 
     @staticmethod
