@@ -39,7 +39,7 @@ from scheduler.ray_inventory import (
     node_resources_json,
     reading_to_dict,
 )
-from scheduler.runtimes.base import ReplicaSpec, Runtime, RuntimeError_, StartedReplica
+from scheduler.runtimes.base import LABEL_NODE, ReplicaSpec, Runtime, RuntimeError_, StartedReplica
 from scheduler.runtimes.process import ProcessRuntime
 from scheduler.snapshots import SnapshotCache, directory_origin
 from scheduler.telemetry.base import Inventory, NodeReading, SpecError
@@ -141,7 +141,10 @@ class NodeAgent:
                 self.inventory.stop_replica(replica_id, gpus)
 
     def list(self, labels: dict[str, str]) -> builtins.list[dict[str, Any]]:
-        return [replica_to_dict(r) for r in self.engine.list(labels)]
+        """This node's replicas only: nodes may share an engine (one Docker engine behind several
+        agents, as in the tests), and a replica listed by two agents would be two replicas to the
+        controller, one of them a phantom whose stop stops the real one."""
+        return [replica_to_dict(r) for r in self.engine.list({**labels, LABEL_NODE: self.node})]
 
     def logs(self, replica_id: str, tail: int = 20) -> str:
         return self.engine.logs(replica_id, tail)

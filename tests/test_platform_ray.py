@@ -17,6 +17,7 @@ pytest.importorskip("ray", reason="ray[default] is not installed (pip install -e
 
 from cogkit.build import registry  # noqa: E402
 from scheduler.runtimes.base import LABEL_NODE, LABEL_PLATFORM  # noqa: E402
+from scheduler.runtimes.ray import RayRuntime  # noqa: E402
 from tests.conftest import build_example  # noqa: E402
 from tests.net import until
 from tests.ray_support import RayCluster, ray_cluster_of, simulated_gpus  # noqa: E402
@@ -58,6 +59,9 @@ def test_the_platform_runs_replicas_on_ray_and_routes_model_strings_to_them(engi
         # the agent of that node started it on its engine, labelled with the node placement chose
         [container] = engine.containers(filters={"label": f"{LABEL_PLATFORM}={instance}"})
         assert container["Labels"][LABEL_NODE] in NODES
+        # and only that node's agent lists it, though both agents share the one engine
+        listed = RayRuntime().list({LABEL_PLATFORM: instance})
+        assert [r.id for r in listed] == [f"{container['Labels'][LABEL_NODE]}/{container['Id']}"], listed
         # the platform's inventory is now the agents' telemetry: on /metrics and in the explain
         def telemetry() -> str | None:
             text = gw.metrics()
