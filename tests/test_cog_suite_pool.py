@@ -32,6 +32,34 @@ def test_cases_run_side_by_side_and_report_their_own_outcome() -> None:
     assert a.seconds >= 0
 
 
+def test_a_scripts_two_modes_never_run_at_once() -> None:
+    running: dict[Path, int] = {}
+    overlapped: list[Path] = []
+    lock = threading.Lock()
+    others_running = threading.Barrier(2, timeout=30)   # a and b side by side: the pool does run in parallel
+
+    def run_case(path: Path, mode: str) -> Outcome:
+        with lock:
+            running[path] = running.get(path, 0) + 1
+            if running[path] > 1:
+                overlapped.append(path)
+        if mode == "local":
+            others_running.wait()
+        threading.Event().wait(0.2)                      # long enough for a twin to start, if it may
+        with lock:
+            running[path] -= 1
+        return Outcome("passed")
+
+    pool = SuitePool(4, run_case)
+    cases = [(Path(name), mode) for name in ("a", "b") for mode in ("local", "image")]
+    pool.submit(cases)
+    try:
+        assert all(pool.outcome(*case).kind == "passed" for case in cases)
+    finally:
+        pool.close()
+    assert overlapped == []
+
+
 def test_no_port_is_handed_out_twice() -> None:
     ports = Ports()
     taken: list[int] = []

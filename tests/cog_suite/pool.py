@@ -5,9 +5,12 @@ A suite test spends most of its time waiting: on `cogkit` processes starting, on
 setup, on a container, on the engine's layer cache. Run one at a time, the whole suite in
 both modes is over an hour on 2 cores; side by side (threads: each script drives
 subprocesses and HTTP, and shares nothing but the port allocator) it fits CI's budget.
-Each script keeps its own work directory, environment, image tag and ports."""
+Each script keeps its own work directory, environment, image tag and ports; but a script's two
+modes never run at once, as some scripts write fixed host paths (healthcheck_during_prediction's
+/tmp/prediction.json), which one mode would truncate under the other."""
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -30,6 +33,8 @@ class SuitePool:
         self._run_case = run_case
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cog-suite")
         self._futures: dict[Case, Future[Outcome]] = {}
+        self._scripts: dict[Path, threading.Lock] = {}     # one per script: its modes one at a time
+        self._guard = threading.Lock()
 
     def submit(self, cases: list[Case]) -> None:
         for case in cases:
@@ -46,6 +51,12 @@ class SuitePool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _timed(self, path: Path, mode: str) -> Outcome:
+        with self._guard:
+            script = self._scripts.setdefault(path, threading.Lock())
+        with script:
+            return self._run_timed(path, mode)
+
+    def _run_timed(self, path: Path, mode: str) -> Outcome:
         started = time.monotonic()
         try:
             outcome = self._run_case(path, mode)
