@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import gzip
+import ipaddress
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +27,7 @@ from server.providers.http1 import (
     Timeout,
 )
 from tests.fakes import start_fake
+from tests.net import until_async
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 T = Timeout(connect=5, read=10, total=30)
@@ -226,10 +228,8 @@ def test_no_server_is_a_connect_failure():
 
 
 def test_max_connections_queues_requests_and_bounds_the_wait_by_the_connect_timeout():
-    release = asyncio.Event
-
     async def main() -> None:
-        gate = release()
+        gate = asyncio.Event()
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
             while await read_request(reader):
@@ -245,10 +245,7 @@ def test_max_connections_queues_requests_and_bounds_the_wait_by_the_connect_time
                     return await resp.read()
             first = asyncio.create_task(one())
             second = asyncio.create_task(one())
-            for _ in range(500):                 # until the first holds the one slot and the second waits
-                if len(pool._waiting) == 1:
-                    break
-                await asyncio.sleep(0.01)
+            await until_async(lambda: len(pool._waiting) == 1, 5, "the first holding the one slot, the second waiting")
             with pytest.raises(ConnectFailed, match="no free connection within 0.2 s"):
                 await pool.request("POST", up.url, b"{}", {}, Timeout(connect=0.2))
             gate.set()
@@ -343,7 +340,6 @@ def self_signed() -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))
